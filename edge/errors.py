@@ -1,0 +1,103 @@
+"""OpenAI error envelopes: one mapping from the platform's errors to HTTP status and JSON."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from services.common import errors
+
+logger = logging.getLogger(__name__)
+
+# (HTTP status, OpenAI error type) per domain error; the first matching class wins.
+_STATUS = [
+    (errors.InvalidArgument, 400, "invalid_request_error"),
+    (errors.FailedPrecondition, 400, "invalid_request_error"),
+    (errors.Unauthenticated, 401, "authentication_error"),
+    (errors.PermissionDenied, 403, "permission_error"),
+    (errors.NotFound, 404, "invalid_request_error"),
+    (errors.AlreadyExists, 409, "invalid_request_error"),
+    (errors.ResourceExhausted, 429, "rate_limit_error"),
+    (errors.Cancelled, 499, "invalid_request_error"),
+    (errors.Unavailable, 503, "service_unavailable_error"),
+    (errors.DeadlineExceeded, 504, "timeout_error"),
+]
+_HTTP_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def envelope(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def status_and_envelope(error: errors.ServiceError) -> tuple[int, dict]:
+    for cls, status, type_ in _STATUS:
+        if isinstance(error, cls):
+            return status, envelope(error.message, type_, error.param, error.code)
+    return 500, envelope("The server had an error while processing your request.", "server_error")
+
+
+def sse_error(error: Exception) -> str:
+    """The SSE event that reports a failure after a stream has started."""
+    if not isinstance(error, errors.ServiceError):
+        logger.exception("stream failed", exc_info=error)
+        error = errors.Internal("internal error")
+    _, body = status_and_envelope(error)
+    return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+
+def _param_of(location: tuple) -> str | None:
+    parts = [str(p) for p in location if p != "body"]
+    return ".".join(parts) or None
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(errors.ServiceError)
+    async def service_error(request: Request, error: errors.ServiceError):
+        status, body = status_and_envelope(error)
+        if status >= 500:
+            logger.warning("%s %s failed: %s", request.method, request.url.path, error.message)
+        return JSONResponse(body, status_code=status)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError):
+        first = error.errors()[0]
+        param = _param_of(tuple(first.get("loc", ())))
+        if first.get("type") == "json_invalid":
+            message = f"We could not parse the JSON body of your request: {first.get('msg')}"
+            param = None
+        else:
+            message = f"{param or 'body'}: {first.get('msg')}" if param else first.get("msg")
+        return JSONResponse(envelope(message, "invalid_request_error", param), status_code=400)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException):
+        status = error.status_code
+        message = error.detail if isinstance(error.detail, str) else str(error.detail)
+        if status == 404:
+            message = f"Unknown route: {request.method} {request.url.path}"
+        return JSONResponse(
+            envelope(message, _HTTP_TYPES.get(status, "server_error"), code=None),
+            status_code=status,
+            headers=getattr(error, "headers", None),
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, error: Exception):
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse(
+            envelope("The server had an error while processing your request.", "server_error"),
+            status_code=500,
+        )

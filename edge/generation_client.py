@@ -1,0 +1,67 @@
+"""Async client of the generation service: chat in, streamed domain events out."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+
+from llmserve.generation.v1 import generation_pb2, generation_pb2_grpc
+from services.common.domain import ChatMessage, SamplingParams
+from services.common.errors import from_rpc_error
+from services.common.logs import REQUEST_ID_METADATA_KEY
+from services.common.rpc import insecure_channel
+
+_FINISH_REASONS = {
+    generation_pb2.FINISH_REASON_STOP: "stop",
+    generation_pb2.FINISH_REASON_LENGTH: "length",
+}
+
+
+@dataclass(frozen=True)
+class Delta:
+    text: str
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class GenerationClient:
+    def __init__(self, address: str):
+        self._channel = insecure_channel(address)
+        self._stub = generation_pb2_grpc.GenerationServiceStub(self._channel)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def generate(
+        self,
+        model: str,
+        messages: list[ChatMessage],
+        sampling: SamplingParams,
+        request_id: str,
+        timeout_s: float,
+    ) -> AsyncIterator[Delta]:
+        """Streams deltas; closing the iterator early cancels the RPC (and the sequence)."""
+        call = self._stub.Generate(
+            generation_pb2.GenerateRequest(
+                model=model,
+                messages=[m.to_pb() for m in messages],
+                sampling=sampling.to_pb(),
+            ),
+            timeout=timeout_s,
+            metadata=((REQUEST_ID_METADATA_KEY, request_id),),
+        )
+        try:
+            async for response in call:
+                yield Delta(
+                    text=response.text,
+                    finish_reason=_FINISH_REASONS.get(response.finish_reason),
+                    prompt_tokens=response.usage.prompt_tokens,
+                    completion_tokens=response.usage.completion_tokens,
+                )
+        except grpc.aio.AioRpcError as error:
+            raise from_rpc_error(error) from error
+        finally:
+            call.cancel()

@@ -1,0 +1,53 @@
+"""Generation service: python -m services.generation (settings from GENERATION_* variables)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from llmserve.generation.v1 import generation_pb2, generation_pb2_grpc
+from services.common.logs import setup_logging
+from services.common.registry_client import RegistryClient
+from services.common.rpc import service_name, start_server
+from services.generation.model_pool import ModelPool
+from services.generation.onnx_model import select_providers
+from services.generation.servicer import GenerationServicer
+from services.generation.settings import GenerationSettings
+
+logger = logging.getLogger("services.generation")
+
+
+async def serve(settings: GenerationSettings) -> None:
+    registry = RegistryClient(settings.registry_addr)
+    pool = ModelPool(
+        registry.get_model,
+        select_providers(settings.device),
+        settings.intra_op_threads,
+        settings.max_batch_size,
+        settings.max_prefill_tokens,
+    )
+    for name in filter(None, (n.strip() for n in settings.preload_models.split(","))):
+        await pool.get(name)
+
+    def register(server):
+        generation_pb2_grpc.add_GenerationServiceServicer_to_server(
+            GenerationServicer(pool), server
+        )
+        return [service_name(generation_pb2, "GenerationService")]
+
+    server = await start_server(f"{settings.host}:{settings.port}", register)
+    try:
+        await server.serve_until_signalled(settings.shutdown_grace_s)
+    finally:
+        pool.close()
+        await registry.close()
+
+
+def main() -> None:
+    settings = GenerationSettings()
+    setup_logging(settings.log_level, "generation")
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""Loaded chat models of this replica: ONNX session, tokenizer, template and engine per model."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.common.domain import ChatMessage
+from services.common.errors import ContextLengthExceeded, InvalidArgument
+from services.common.records import ModelKind, ModelRecord
+from services.generation.chat_template import ChatTemplate
+from services.generation.engine import GenerationEngine
+from services.generation.onnx_model import OnnxCausalLM
+from services.generation.tokenizer import TextTokenizer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    record: ModelRecord
+    tokenizer: TextTokenizer
+    template: ChatTemplate
+    engine: GenerationEngine
+
+    def render_prompt(self, messages: Sequence[ChatMessage]) -> tuple[str, list[int]]:
+        """Chat template -> prompt text and ids; rejects prompts that leave no room to answer."""
+        prompt = self.template.render(messages)
+        ids = self.tokenizer.encode(prompt)
+        limit = self.record.context_length
+        if len(ids) >= limit:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {limit} tokens. However, your messages "
+                f"resulted in {len(ids)} tokens. Please reduce the length of the messages."
+            )
+        return prompt, ids
+
+    def room_for(self, prompt_ids: list[int], max_tokens: int | None) -> int:
+        """Tokens left for the completion; a max_tokens beyond that is an error, as in OpenAI."""
+        room = self.record.context_length - len(prompt_ids)
+        if max_tokens is not None and max_tokens > room:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {self.record.context_length} tokens. "
+                f"However, you requested {len(prompt_ids) + max_tokens} tokens "
+                f"({len(prompt_ids)} in the messages, {max_tokens} in the completion). "
+                "Please reduce the length of the messages or completion."
+            )
+        return room
+
+
+class ModelPool:
+    def __init__(
+        self,
+        lookup: Callable[[str], Awaitable[ModelRecord]],
+        providers: list[str],
+        intra_op_threads: int,
+        max_batch_size: int,
+        max_prefill_tokens: int,
+    ):
+        self._lookup = lookup
+        self._providers = providers
+        self._intra_op_threads = intra_op_threads
+        self._max_batch_size = max_batch_size
+        self._max_prefill_tokens = max_prefill_tokens
+        self._models: dict[str, LoadedModel] = {}
+        self._loading: dict[str, asyncio.Task[LoadedModel]] = {}
+
+    @property
+    def loaded(self) -> dict[str, LoadedModel]:
+        return dict(self._models)
+
+    async def get(self, name: str) -> LoadedModel:
+        if name in self._models:
+            return self._models[name]
+        # Concurrent first requests share one load.
+        if name not in self._loading:
+            self._loading[name] = asyncio.ensure_future(self._load(name))
+        try:
+            model = await asyncio.shield(self._loading[name])
+        finally:
+            if self._loading.get(name) and self._loading[name].done():
+                self._loading.pop(name, None)
+        return model
+
+    async def _load(self, name: str) -> LoadedModel:
+        record = await self._lookup(name)
+        if record.kind is not ModelKind.CHAT:
+            raise InvalidArgument(f"The model `{name}` is not a chat model.", param="model")
+        logger.info("loading %s from %s", name, record.artifact_dir)
+        loaded = await asyncio.to_thread(self._build, record)
+        self._models[name] = loaded
+        return loaded
+
+    def _build(self, record: ModelRecord) -> LoadedModel:
+        artifact_dir = Path(record.artifact_dir)
+        tokenizer = TextTokenizer(artifact_dir)
+        model = OnnxCausalLM(artifact_dir / "model.onnx", self._providers, self._intra_op_threads)
+        engine = GenerationEngine(
+            model,
+            tokenizer,
+            context_length=record.context_length,
+            max_batch_size=self._max_batch_size,
+            max_prefill_tokens=self._max_prefill_tokens,
+        )
+        logger.info("loaded %s on %s", record.name, model.provider)
+        return LoadedModel(
+            record, tokenizer, ChatTemplate(record.chat_template, tokenizer.special_tokens), engine
+        )
+
+    def close(self) -> None:
+        for model in self._models.values():
+            model.engine.close()

@@ -1,0 +1,125 @@
+"""Per-sequence sampling from one row of logits (numpy, no framework)."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+import numpy as np
+
+from services.common.domain import SamplingParams
+from services.common.errors import InvalidArgument
+
+# Used where neither the request, the serving nor the model sets a value (OpenAI's defaults).
+PLATFORM_DEFAULTS = SamplingParams(
+    temperature=1.0,
+    top_p=1.0,
+    top_k=0,
+    presence_penalty=0.0,
+    frequency_penalty=0.0,
+    repetition_penalty=1.0,
+)
+
+
+@dataclass(frozen=True)
+class ResolvedSampling:
+    """Sampling with every value decided; built once per request."""
+
+    temperature: float
+    top_p: float
+    top_k: int
+    max_tokens: int
+    stop: tuple[str, ...]
+    seed: int
+    presence_penalty: float
+    frequency_penalty: float
+    repetition_penalty: float
+
+    @classmethod
+    def resolve(cls, params: SamplingParams, max_new_tokens: int) -> ResolvedSampling:
+        """`max_new_tokens` is what the context leaves; max_tokens may not ask for more."""
+        p = params.with_defaults(PLATFORM_DEFAULTS)
+        if not 0.0 <= p.temperature <= 2.0:
+            raise InvalidArgument("temperature must be between 0 and 2.", param="temperature")
+        if not 0.0 < p.top_p <= 1.0:
+            raise InvalidArgument("top_p must be in (0, 1].", param="top_p")
+        if p.top_k < 0:
+            raise InvalidArgument("top_k must be 0 (disabled) or positive.", param="top_k")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2.0 <= getattr(p, name) <= 2.0:
+                raise InvalidArgument(f"{name} must be between -2 and 2.", param=name)
+        if p.repetition_penalty <= 0:
+            raise InvalidArgument(
+                "repetition_penalty must be positive.", param="repetition_penalty"
+            )
+        if p.max_tokens is not None and p.max_tokens < 1:
+            raise InvalidArgument("max_tokens must be at least 1.", param="max_tokens")
+        return cls(
+            temperature=p.temperature,
+            top_p=p.top_p,
+            top_k=p.top_k,
+            max_tokens=min(p.max_tokens or max_new_tokens, max_new_tokens),
+            stop=p.stop,
+            seed=p.seed if p.seed is not None else secrets.randbits(63),
+            presence_penalty=p.presence_penalty,
+            frequency_penalty=p.frequency_penalty,
+            repetition_penalty=p.repetition_penalty,
+        )
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0 or self.top_k == 1
+
+
+class Sampler:
+    """Chooses the next token of one sequence; owns its random generator."""
+
+    def __init__(self, params: ResolvedSampling, prompt_ids: list[int]):
+        self._params = params
+        self._rng = np.random.default_rng(params.seed)
+        self._prompt_ids = np.asarray(prompt_ids, dtype=np.int64)
+        self._generated: list[int] = []
+
+    def next_token(self, logits: np.ndarray) -> int:
+        p = self._params
+        logits = self._apply_penalties(logits)
+        if p.greedy:
+            token = int(np.argmax(logits))
+        else:
+            token = self._sample(logits.astype(np.float64) / p.temperature)
+        self._generated.append(token)
+        return token
+
+    def _apply_penalties(self, logits: np.ndarray) -> np.ndarray:
+        p = self._params
+        if p.repetition_penalty != 1.0:
+            seen = np.unique(np.concatenate([self._prompt_ids, self._generated]).astype(np.int64))
+            logits = logits.copy()
+            values = logits[seen]
+            logits[seen] = np.where(
+                values > 0, values / p.repetition_penalty, values * p.repetition_penalty
+            )
+        if self._generated and (p.presence_penalty or p.frequency_penalty):
+            tokens, counts = np.unique(np.asarray(self._generated), return_counts=True)
+            logits = logits.copy() if p.repetition_penalty == 1.0 else logits
+            logits[tokens] -= p.frequency_penalty * counts + p.presence_penalty
+        return logits
+
+    def _sample(self, scaled: np.ndarray) -> int:
+        p = self._params
+        candidates = None
+        if p.top_k and p.top_k < scaled.shape[0]:
+            candidates = np.argpartition(scaled, -p.top_k)[-p.top_k :]
+            scaled = scaled[candidates]
+        probs = np.exp(scaled - scaled.max())
+        probs /= probs.sum()
+        if p.top_p < 1.0:
+            order = np.argsort(probs)[::-1]
+            cumulative = np.cumsum(probs[order])
+            keep = order[: int(np.searchsorted(cumulative, p.top_p)) + 1]
+            mask = np.zeros_like(probs)
+            mask[keep] = probs[keep]
+            probs = mask / mask.sum()
+        index = int(np.searchsorted(np.cumsum(probs), self._rng.random() * probs.sum()))
+        index = min(index, probs.shape[0] - 1)
+        return int(candidates[index]) if candidates is not None else index

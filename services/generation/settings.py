@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import ServiceSettings
+
+
+class GenerationSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="GENERATION_", extra="ignore")
+
+    port: int = 50052
+    registry_addr: str = "127.0.0.1:50051"
+    # `cuda` uses ONNX Runtime's CUDA execution provider when installed, else falls back to CPU.
+    device: Literal["cpu", "cuda"] = "cpu"
+    # ONNX Runtime intra-op threads; 0 lets ONNX Runtime use every core.
+    intra_op_threads: int = 0
+    # Sequences decoded together in one step.
+    max_batch_size: int = 16
+    # Padded prompt tokens prefilled together in one step (bounds prefill memory).
+    max_prefill_tokens: int = 2048
+    # Models loaded at start, comma separated; others load on first request.
+    preload_models: str = ""

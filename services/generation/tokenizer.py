@@ -1,0 +1,74 @@
+"""Tokenization with the `tokenizers` library and UTF-8-safe incremental detokenization."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tokenizers import Tokenizer
+
+# Prompt tokens kept as decoding context, so the first generated word keeps its leading space.
+_CONTEXT_TOKENS = 5
+_REPLACEMENT_CHAR = "\ufffd"
+
+
+def _token_text(value) -> str:
+    # tokenizer_config.json stores special tokens either as strings or as AddedToken dicts.
+    if isinstance(value, dict):
+        return value.get("content", "")
+    return value or ""
+
+
+class TextTokenizer:
+    def __init__(self, artifact_dir: Path):
+        self._tokenizer = Tokenizer.from_file(str(artifact_dir / "tokenizer.json"))
+        config_path = artifact_dir / "tokenizer_config.json"
+        config = json.loads(config_path.read_text()) if config_path.exists() else {}
+        self.bos_token = _token_text(config.get("bos_token"))
+        self.eos_token = _token_text(config.get("eos_token"))
+        eos_ids = set()
+        if self.eos_token and (token_id := self._tokenizer.token_to_id(self.eos_token)) is not None:
+            eos_ids.add(token_id)
+        generation_path = artifact_dir / "generation_config.json"
+        if generation_path.exists():
+            configured = json.loads(generation_path.read_text()).get("eos_token_id")
+            eos_ids.update(configured if isinstance(configured, list) else [configured])
+        eos_ids.discard(None)
+        self.eos_token_ids = frozenset(eos_ids)
+        self.pad_token_id = min(self.eos_token_ids) if self.eos_token_ids else 0
+
+    @property
+    def special_tokens(self) -> dict[str, str]:
+        return {"bos_token": self.bos_token, "eos_token": self.eos_token}
+
+    def encode(self, text: str) -> list[int]:
+        # The chat template already wrote every special token the model needs.
+        return self._tokenizer.encode(text, add_special_tokens=False).ids
+
+    def decode(self, token_ids: list[int]) -> str:
+        return self._tokenizer.decode(token_ids, skip_special_tokens=True)
+
+
+class IncrementalDetokenizer:
+    """Turns a growing token sequence into text deltas that never split a character.
+
+    A byte-level BPE token can hold part of a multi-byte character; such a tail decodes to
+    U+FFFD, so its text is held back until the following tokens complete it.
+    """
+
+    def __init__(self, tokenizer: TextTokenizer, prompt_ids: list[int]):
+        self._tokenizer = tokenizer
+        self._tokens = list(prompt_ids[-_CONTEXT_TOKENS:])
+        self._prefix_offset = 0
+        self._read_offset = len(self._tokens)
+
+    def push(self, token_id: int) -> str:
+        self._tokens.append(token_id)
+        decode = self._tokenizer.decode
+        prefix_text = decode(self._tokens[self._prefix_offset : self._read_offset])
+        full_text = decode(self._tokens[self._prefix_offset :])
+        if len(full_text) > len(prefix_text) and not full_text.endswith(_REPLACEMENT_CHAR):
+            self._prefix_offset = self._read_offset
+            self._read_offset = len(self._tokens)
+            return full_text[len(prefix_text) :]
+        return ""

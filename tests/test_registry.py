@@ -1,0 +1,157 @@
+"""Registry: the SQLite store, model import (real optimum export) and the CLI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from services.common.domain import ChatMessage, SamplingParams
+from services.common.errors import AlreadyExists, FailedPrecondition, NotFound
+from services.common.records import ModelKind, ServingRecord, SourceFormat
+from services.registry.importer import ModelImporter
+from services.registry.store import RegistryStore
+
+REPO = Path(__file__).resolve().parent.parent
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, chat_model) -> Path:
+    """A two-layer Llama with SmolLM2's tokenizer: a real HF checkpoint that exports in seconds."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    out = tmp_path_factory.mktemp("tiny-llama")
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=256,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    LlamaForCausalLM(config).save_pretrained(out)
+    artifact = Path(chat_model.artifact_dir)
+    for name in (*TOKENIZER_FILES, "chat_template.jinja"):
+        shutil.copy(artifact / name, out / name)
+    return out
+
+
+def test_models_and_servings_persist_across_reopen(tmp_path, chat_model):
+    path = tmp_path / "registry.db"
+    store = RegistryStore(path)
+    store.add_model(chat_model)
+    serving = store.add_serving(
+        ServingRecord(id=0, name="prod", model=chat_model.name, system_prompt="Be brief.")
+    )
+    with pytest.raises(AlreadyExists):
+        store.add_model(chat_model)
+    store.close()
+
+    reopened = RegistryStore(path)
+    assert [m.name for m in reopened.list_models()] == [chat_model.name]
+    model = reopened.get_model(chat_model.name)
+    assert model.chat_template == chat_model.chat_template
+    assert model.context_length == 8192
+    assert reopened.get_serving(serving.id).system_prompt == "Be brief."
+    with pytest.raises(FailedPrecondition):
+        reopened.delete_model(chat_model.name)
+    reopened.delete_serving(serving.id)
+    reopened.delete_model(chat_model.name)
+    with pytest.raises(NotFound):
+        reopened.get_model(chat_model.name)
+    assert reopened.list_models(ModelKind.CHAT) == []
+
+
+def test_serving_for_unknown_model_is_not_found(tmp_path):
+    store = RegistryStore(tmp_path / "registry.db")
+    with pytest.raises(NotFound):
+        store.add_serving(ServingRecord(id=0, name="x", model="missing"))
+
+
+def test_default_model_import_records_template_context_and_eos(chat_model):
+    assert chat_model.source_format is SourceFormat.GGUF
+    assert "<|im_start|>" in chat_model.chat_template
+    assert chat_model.context_length == 8192
+    artifact = Path(chat_model.artifact_dir)
+    assert (artifact / "model.onnx").stat().st_size > 400_000_000
+    config = (artifact / "tokenizer_config.json").read_text()
+    assert '"eos_token": "<|im_end|>"' in config
+
+
+def test_import_checkpoint_directory_exports_once_and_serves(tmp_path, tiny_checkpoint, cache_dir):
+    import asyncio
+
+    from services.generation.model_pool import ModelPool
+    from services.generation.onnx_model import select_providers
+    from services.generation.sampler import ResolvedSampling
+
+    importer = ModelImporter(cache_dir)
+    stages = []
+    record = importer.import_model(
+        "tiny",
+        ModelKind.CHAT,
+        tiny_checkpoint,
+        lambda stage, fraction: stages.append((stage, fraction)),
+        default_sampling=SamplingParams(temperature=0.3),
+    )
+    assert record.source_format is SourceFormat.HF_DIRECTORY
+    assert record.context_length == 256
+    assert record.default_sampling.temperature == 0.3
+    assert stages[-1] == ("imported", 1.0)
+    manifest = Path(record.artifact_dir) / "manifest.json"
+    exported_at = manifest.stat().st_mtime_ns
+
+    again = importer.import_model("tiny2", ModelKind.CHAT, tiny_checkpoint, lambda *_: None)
+    assert again.artifact_dir == record.artifact_dir
+    assert manifest.stat().st_mtime_ns == exported_at
+
+    async def generate():
+        async def lookup(name):
+            return record
+
+        pool = ModelPool(lookup, select_providers("cpu"), 0, 4, 512)
+        try:
+            model = await pool.get("tiny")
+            _, ids = model.render_prompt([ChatMessage("user", "hi")])
+            params = ResolvedSampling.resolve(SamplingParams(temperature=0.0, max_tokens=4), 200)
+            return [e async for e in model.engine.generate(ids, params)]
+        finally:
+            pool.close()
+
+    events = asyncio.run(generate())
+    assert events[-1].completion_tokens == 4
+
+
+def test_cli_imports_lists_and_removes(tmp_path, tiny_checkpoint, cache_dir):
+    env = {
+        **os.environ,
+        "REGISTRY_DB_PATH": str(tmp_path / "cli.db"),
+        "REGISTRY_CACHE_DIR": str(cache_dir),
+    }
+
+    def cli(*args: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "services.registry", *args],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    assert "imported tiny-cli" in cli("import", "tiny-cli", str(tiny_checkpoint))
+    assert "tiny-cli" in cli("list")
+    assert "removed tiny-cli" in cli("remove", "tiny-cli")
+    assert "tiny-cli" not in cli("list")
