@@ -259,3 +259,22 @@ def test_client_disconnect_cancels_generation(stack, stream):
     while _running_sequences(stack) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _running_sequences(stack) == 0
+
+
+def test_n_choices_are_distinct_under_sampling_and_reproducible_with_seed(client):
+    def choices(seed):
+        completion = client.chat.completions.create(
+            model=DEFAULT_CHAT_MODEL,
+            messages=[{"role": "user", "content": "Invent a name for a cat."}],
+            temperature=1.0,
+            max_tokens=12,
+            n=3,
+            seed=seed,
+        )
+        assert [c.index for c in completion.choices] == [0, 1, 2]
+        assert 3 <= completion.usage.completion_tokens <= 36
+        return [c.message.content for c in completion.choices]
+
+    first = choices(7)
+    assert len(set(first)) > 1
+    assert choices(7) == first
