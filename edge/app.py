@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 
+from edge.auth import authenticate
+from edge.body_limit import BodyLimitMiddleware
 from edge.errors import install_error_handlers
-from edge.routes import chat, models
+from edge.routes import admin, chat, models
 from edge.settings import EdgeSettings
 from edge.state import EdgeState
+
+SERVING_PREFIX = "/api/gateway/rep/serving/{serving_id:int}"
 
 
 def build_app(settings: EdgeSettings) -> FastAPI:
@@ -23,8 +27,15 @@ def build_app(settings: EdgeSettings) -> FastAPI:
 
     app = FastAPI(title="llmserve", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
-    app.include_router(chat.router)
-    app.include_router(models.router)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+
+    api = APIRouter(dependencies=[Depends(authenticate)])
+    api.include_router(chat.router)
+    api.include_router(models.router)
+    app.include_router(api)
+    # The enterprise gateway's per-serving routes: the serving decides the model.
+    app.include_router(api, prefix=SERVING_PREFIX)
+    app.include_router(admin.router)
 
     @app.get("/health")
     async def health() -> dict:

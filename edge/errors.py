@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -49,6 +50,14 @@ def status_and_envelope(error: errors.ServiceError) -> tuple[int, dict]:
     return 500, envelope("The server had an error while processing your request.", "server_error")
 
 
+def error_headers(error: errors.ServiceError) -> dict[str, str] | None:
+    if isinstance(error, errors.ResourceExhausted):
+        return {"Retry-After": str(max(1, math.ceil(error.retry_after_s)))}
+    if isinstance(error, errors.Unauthenticated):
+        return {"WWW-Authenticate": "Bearer"}
+    return None
+
+
 def sse_error(error: Exception) -> str:
     """The SSE event that reports a failure after a stream has started."""
     if not isinstance(error, errors.ServiceError):
@@ -69,7 +78,7 @@ def install_error_handlers(app: FastAPI) -> None:
         status, body = status_and_envelope(error)
         if status >= 500:
             logger.warning("%s %s failed: %s", request.method, request.url.path, error.message)
-        return JSONResponse(body, status_code=status)
+        return JSONResponse(body, status_code=status, headers=error_headers(error))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError):

@@ -22,9 +22,10 @@ _FINISH_REASONS = {
 @dataclass(frozen=True)
 class Delta:
     text: str
+    # Tokens this delta adds to the completion.
+    token_count: int
+    prompt_tokens: int
     finish_reason: str | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
 
 
 class GenerationClient:
@@ -57,9 +58,9 @@ class GenerationClient:
             async for response in call:
                 yield Delta(
                     text=response.text,
-                    finish_reason=_FINISH_REASONS.get(response.finish_reason),
+                    token_count=len(response.token_ids),
                     prompt_tokens=response.usage.prompt_tokens,
-                    completion_tokens=response.usage.completion_tokens,
+                    finish_reason=_FINISH_REASONS.get(response.finish_reason),
                 )
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error) from error

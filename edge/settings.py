@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -13,7 +14,20 @@ class EdgeSettings(BaseSettings):
     log_level: str = "INFO"
     registry_addr: str = "127.0.0.1:50051"
     generation_addr: str = "127.0.0.1:50052"
-    # How long the model list from the registry is reused before asking again.
-    model_cache_ttl_s: float = 5.0
+    # How long models and servings from the registry are reused before asking again.
+    catalog_ttl_s: float = 5.0
     # Upper bound on one chat completion, streaming included.
     request_timeout_s: float = 600.0
+    # Every API route needs a valid key unless this is explicitly switched off.
+    auth_enabled: bool = True
+    # How long a verified key is trusted before asking the registry again (revocation delay).
+    key_cache_ttl_s: float = 5.0
+    # Bearer token of the /admin API; the admin API is off without one.
+    admin_token: SecretStr | None = None
+    # Larger request bodies are refused with 413.
+    max_body_bytes: int = 8 * 1024 * 1024
+    # Terms used by servings whose moderation is on but lists no terms (comma separated).
+    moderation_default_terms: str = ""
+    # Usage records are sent to the registry in batches this often, or when this many wait.
+    usage_flush_interval_s: float = 0.2
+    usage_batch_size: int = 256

@@ -1,12 +1,15 @@
-"""What request handlers share: settings and the clients of the backend services."""
+"""What request handlers share: settings, backend clients, caches, limiter and usage log."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from edge.auth import KeyVerifier
+from edge.catalog import Catalog
 from edge.generation_client import GenerationClient
-from edge.model_catalog import ModelCatalog
+from edge.limits import RateLimiter
 from edge.settings import EdgeSettings
+from edge.usage import UsageRecorder
 from services.common.registry_client import RegistryClient
 
 
@@ -15,18 +18,27 @@ class EdgeState:
     settings: EdgeSettings
     registry: RegistryClient
     generation: GenerationClient
-    catalog: ModelCatalog
+    catalog: Catalog
+    keys: KeyVerifier
+    limiter: RateLimiter
+    usage: UsageRecorder
 
     @classmethod
     def connect(cls, settings: EdgeSettings) -> EdgeState:
         registry = RegistryClient(settings.registry_addr)
+        usage = UsageRecorder(registry, settings.usage_flush_interval_s, settings.usage_batch_size)
+        usage.start()
         return cls(
             settings=settings,
             registry=registry,
             generation=GenerationClient(settings.generation_addr),
-            catalog=ModelCatalog(registry, settings.model_cache_ttl_s),
+            catalog=Catalog(registry, settings.catalog_ttl_s),
+            keys=KeyVerifier(registry, settings.key_cache_ttl_s),
+            limiter=RateLimiter(),
+            usage=usage,
         )
 
     async def close(self) -> None:
+        await self.usage.close()
         await self.generation.close()
         await self.registry.close()

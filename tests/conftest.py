@@ -113,11 +113,21 @@ class RunningStack:
     def __init__(self, process: subprocess.Popen, base_url: str, log_path: Path, env: dict):
         self.process = process
         self.env = env
+        self.api_key = Path(env["REGISTRY_DEV_KEY_PATH"]).read_text().strip()
+        self.admin_token = env["EDGE_ADMIN_TOKEN"]
         self.base_url = base_url
         self.log_path = log_path
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.admin_token}"}
 
 
 @pytest.fixture(scope="session")
@@ -131,6 +141,11 @@ def stack(tmp_path_factory, chat_model) -> RunningStack:
         "REGISTRY_PORT": str(free_port()),
         "GENERATION_PORT": str(free_port()),
         "EDGE_PORT": str(edge_port),
+        "REGISTRY_DEV_KEY_PATH": str(data / "dev-api-key"),
+        "EDGE_ADMIN_TOKEN": "test-admin-token",
+        # Revocation tests wait this long for the edge's key cache.
+        "EDGE_KEY_CACHE_TTL_S": "1",
+        "EDGE_CATALOG_TTL_S": "1",
     }
     log_path = data / "stack.log"
     with log_path.open("w") as log:
@@ -141,13 +156,13 @@ def stack(tmp_path_factory, chat_model) -> RunningStack:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    running = RunningStack(process, f"http://127.0.0.1:{edge_port}", log_path, env)
     deadline = time.monotonic() + 300
-    while "ready: OpenAI API" not in running.log():
+    while "ready: OpenAI API" not in log_path.read_text(errors="replace"):
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
-            pytest.fail(f"stack did not start:\n{running.log()}")
+            pytest.fail(f"stack did not start:\n{log_path.read_text(errors='replace')}")
         time.sleep(0.5)
+    running = RunningStack(process, f"http://127.0.0.1:{edge_port}", log_path, env)
     requests.get(f"{running.base_url}/health", timeout=5).raise_for_status()
     yield running
     process.send_signal(signal.SIGINT)

@@ -12,7 +12,9 @@ from tests.conftest import free_port
 
 async def test_generation_down_is_503_with_envelope(registry_server):
     settings = EdgeSettings(
-        registry_addr=registry_server, generation_addr=f"127.0.0.1:{free_port()}"
+        registry_addr=registry_server,
+        generation_addr=f"127.0.0.1:{free_port()}",
+        auth_enabled=False,
     )
     app = build_app(settings)
     async with app.router.lifespan_context(app):

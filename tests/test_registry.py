@@ -11,8 +11,15 @@ from pathlib import Path
 import pytest
 
 from services.common.domain import ChatMessage, SamplingParams
-from services.common.errors import AlreadyExists, FailedPrecondition, NotFound
-from services.common.records import ModelKind, ServingRecord, SourceFormat
+from services.common.errors import AlreadyExists, FailedPrecondition, NotFound, Unauthenticated
+from services.common.records import (
+    ModelKind,
+    ServingRecord,
+    SourceFormat,
+    UsageQuery,
+    UsageRecord,
+    UsageStatus,
+)
 from services.registry.importer import ModelImporter
 from services.registry.store import RegistryStore
 
@@ -155,3 +162,99 @@ def test_cli_imports_lists_and_removes(tmp_path, tiny_checkpoint, cache_dir):
     assert "tiny-cli" in cli("list")
     assert "removed tiny-cli" in cli("remove", "tiny-cli")
     assert "tiny-cli" not in cli("list")
+
+
+def _usage(request_id: str, **fields) -> UsageRecord:
+    values = dict(
+        request_id=request_id,
+        created_at_unix_ms=1_000,
+        serving_id=1,
+        model="m",
+        api_key_id="key_a",
+        user_id="alice",
+        prompt_tokens=10,
+        completion_tokens=5,
+        latency_ms=100,
+        ttft_ms=20,
+        status=UsageStatus.OK,
+        blocked=False,
+        endpoint="/v1/chat/completions",
+    )
+    values.update(fields)
+    return UsageRecord(**values)
+
+
+def test_keys_are_hashed_verified_revoked_and_expire(tmp_path, chat_model):
+    store = RegistryStore(tmp_path / "registry.db")
+    store.add_model(chat_model)
+    serving = store.add_serving(ServingRecord(id=0, name="s", model=chat_model.name))
+    key, secret = store.create_key(serving.id, name="ci")
+    assert store.verify_key(secret) == key
+    # Only a hash is stored.
+    assert secret.encode() not in (tmp_path / "registry.db").read_bytes()
+    with pytest.raises(Unauthenticated):
+        store.verify_key(secret + "x")
+    expired, expired_secret = store.create_key(serving.id, expires_at_unix_ms=1)
+    with pytest.raises(Unauthenticated):
+        store.verify_key(expired_secret)
+    store.revoke_key(key.id)
+    with pytest.raises(Unauthenticated):
+        store.verify_key(secret)
+    assert {k.id for k in store.list_keys(serving.id)} == {key.id, expired.id}
+    with pytest.raises(NotFound):
+        store.revoke_key("key_missing")
+
+
+def test_usage_query_filters_and_totals_and_replays_are_ignored(tmp_path):
+    store = RegistryStore(tmp_path / "registry.db")
+    store.record_usage(
+        [
+            _usage("r1"),
+            _usage("r2", user_id="bob", created_at_unix_ms=2_000, completion_tokens=7),
+            _usage("r3", serving_id=2, api_key_id="key_b", created_at_unix_ms=3_000),
+        ]
+    )
+    store.record_usage([_usage("r1")])  # a retried batch must not double count
+    everything = store.query_usage(UsageQuery())
+    assert everything.total_requests == 3
+    assert [r.request_id for r in everything.records] == ["r3", "r2", "r1"]
+    assert (everything.prompt_tokens, everything.completion_tokens) == (30, 17)
+    assert store.query_usage(UsageQuery(user_id="bob")).total_requests == 1
+    assert store.query_usage(UsageQuery(serving_id=1)).total_requests == 2
+    assert store.query_usage(UsageQuery(api_key_id="key_b")).records[0].request_id == "r3"
+    window = store.query_usage(UsageQuery(since_unix_ms=2_000, until_unix_ms=3_000))
+    assert [r.request_id for r in window.records] == ["r2"]
+    store.close()
+    assert RegistryStore(tmp_path / "registry.db").query_usage(UsageQuery()).total_requests == 3
+
+
+def test_cli_manages_servings_keys_and_usage(tmp_path, chat_model):
+    db = tmp_path / "cli.db"
+    store = RegistryStore(db)
+    store.add_model(chat_model)
+    store.close()
+    env = {**os.environ, "REGISTRY_DB_PATH": str(db)}
+
+    def cli(*args: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "services.registry", *args],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    assert "created serving 1" in cli("servings", "create", "team", chat_model.name)
+    issued = cli("keys", "issue", "1", "--name", "ops", "--expires", "2999-01-01")
+    key_id = issued.split()[1]
+    secret = issued.strip().splitlines()[-1]
+    assert RegistryStore(db).verify_key(secret).id == key_id
+    assert "active" in cli("keys", "list", "1")
+    assert f"revoked {key_id}" in cli("keys", "revoke", key_id)
+    assert "revoked" in cli("keys", "list", "1")
+    RegistryStore(db).record_usage([_usage("r1", api_key_id=key_id)])
+    report = cli("usage", "--serving", "1", "--since", "1970-01-01")
+    assert "user=alice" in report and "total: 1 requests, 10 prompt + 5 completion" in report

@@ -19,7 +19,7 @@ CAPITAL = [{"role": "user", "content": "What is the capital of France?"}]
 
 @pytest.fixture(scope="module")
 def client(stack) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{stack.base_url}/v1", api_key="x", max_retries=0)
+    return openai.OpenAI(base_url=f"{stack.base_url}/v1", api_key=stack.api_key, max_retries=0)
 
 
 def sse_payloads(response: requests.Response) -> list:
@@ -40,7 +40,7 @@ def test_models_lists_the_chat_model_with_a_usable_id(stack, client):
     ids = [model.id for model in client.models.list()]
     assert DEFAULT_CHAT_MODEL in ids
     # The node API's docs call it with POST.
-    posted = requests.post(f"{stack.base_url}/v1/models", timeout=10).json()
+    posted = requests.post(f"{stack.base_url}/v1/models", headers=stack.headers, timeout=10).json()
     assert [m["id"] for m in posted["data"]] == ids
 
 
@@ -91,6 +91,7 @@ def test_requests_sse_loop(stack):
         f"{stack.base_url}/v1/chat/completions",
         json={"model": DEFAULT_CHAT_MODEL, "messages": CAPITAL, "stream": True, "temperature": 0},
         stream=True,
+        headers=stack.headers,
         timeout=60,
     ) as response:
         assert response.status_code == 200
@@ -105,7 +106,7 @@ def test_langchain_chat_openai_invoke_and_stream(stack):
     for streaming in (False, True):
         llm = ChatOpenAI(
             base_url=f"{stack.base_url}/v1",
-            api_key="x",
+            api_key=stack.api_key,
             model=DEFAULT_CHAT_MODEL,
             temperature=0,
             streaming=streaming,
@@ -141,6 +142,7 @@ def test_unknown_fields_are_accepted(stack):
             "max_tokens": 2,
             "some_future_option": {"x": 1},
         },
+        headers=stack.headers,
         timeout=60,
     )
     assert response.status_code == 200, response.text
@@ -194,7 +196,7 @@ def test_bad_input_gets_status_and_openai_envelope(stack, body, status, param, c
     kwargs = {"data": body} if isinstance(body, bytes) else {"json": body}
     response = requests.post(
         f"{stack.base_url}/v1/chat/completions",
-        headers={"content-type": "application/json"},
+        headers={"content-type": "application/json", **stack.headers},
         timeout=60,
         **kwargs,
     )
@@ -207,7 +209,7 @@ def test_bad_input_gets_status_and_openai_envelope(stack, body, status, param, c
 
 
 def test_unknown_route_is_404_envelope(stack):
-    response = requests.get(f"{stack.base_url}/v1/nothing-here", timeout=10)
+    response = requests.get(f"{stack.base_url}/v1/nothing-here", headers=stack.headers, timeout=10)
     assert response.status_code == 404
     assert "nothing-here" in response.json()["error"]["message"]
 
@@ -245,7 +247,11 @@ def test_client_disconnect_cancels_generation(stack, stream):
     }
     if stream:
         response = requests.post(
-            f"{stack.base_url}/v1/chat/completions", json=body, stream=True, timeout=60
+            f"{stack.base_url}/v1/chat/completions",
+            json=body,
+            stream=True,
+            headers=stack.headers,
+            timeout=60,
         )
         lines = response.iter_lines()
         for _ in range(6):
@@ -254,7 +260,9 @@ def test_client_disconnect_cancels_generation(stack, stream):
         response.close()
     else:
         with pytest.raises(requests.exceptions.ReadTimeout):
-            requests.post(f"{stack.base_url}/v1/chat/completions", json=body, timeout=2)
+            requests.post(
+                f"{stack.base_url}/v1/chat/completions", json=body, headers=stack.headers, timeout=2
+            )
     deadline = time.monotonic() + 10
     while _running_sequences(stack) and time.monotonic() < deadline:
         time.sleep(0.1)

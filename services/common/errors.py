@@ -57,6 +57,10 @@ class FailedPrecondition(ServiceError):
 class ResourceExhausted(ServiceError):
     grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
+    def __init__(self, message: str, *, retry_after_s: float = 1.0, **kwargs):
+        super().__init__(message, **kwargs)
+        self.retry_after_s = retry_after_s
+
 
 class Unavailable(ServiceError):
     grpc_code = grpc.StatusCode.UNAVAILABLE

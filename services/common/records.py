@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass, field
 
+from llmserve.common.v1 import common_pb2
 from llmserve.registry.v1 import registry_pb2
 from services.common.domain import SamplingParams
 
@@ -62,6 +64,65 @@ class ModelRecord:
         )
 
 
+class ModerationAction(enum.IntEnum):
+    CUT = registry_pb2.MODERATION_ACTION_CUT
+    WITHHOLD = registry_pb2.MODERATION_ACTION_WITHHOLD
+
+
+@dataclass(frozen=True)
+class ModerationPolicy:
+    enabled: bool = False
+    blocked_terms: tuple[str, ...] = ()
+    action: ModerationAction = ModerationAction.CUT
+
+    @classmethod
+    def from_pb(cls, pb: registry_pb2.ModerationPolicy) -> ModerationPolicy:
+        return cls(
+            enabled=pb.enabled,
+            blocked_terms=tuple(pb.blocked_terms),
+            action=ModerationAction(pb.action or ModerationAction.CUT),
+        )
+
+    def to_pb(self) -> registry_pb2.ModerationPolicy:
+        return registry_pb2.ModerationPolicy(
+            enabled=self.enabled, blocked_terms=list(self.blocked_terms), action=int(self.action)
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "enabled": self.enabled,
+            "blocked_terms": list(self.blocked_terms),
+            "action": self.action.name.lower(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModerationPolicy:
+        return cls(
+            enabled=bool(data.get("enabled", False)),
+            blocked_terms=tuple(data.get("blocked_terms") or ()),
+            action=ModerationAction[str(data.get("action", "cut")).upper()],
+        )
+
+
+@dataclass(frozen=True)
+class Limits:
+    """0 means unlimited."""
+
+    requests_per_minute: int = 0
+    tokens_per_minute: int = 0
+    max_concurrent_requests: int = 0
+    key_requests_per_minute: int = 0
+    key_tokens_per_minute: int = 0
+    key_max_concurrent_requests: int = 0
+
+    @classmethod
+    def from_pb(cls, pb: registry_pb2.Limits) -> Limits:
+        return cls(**{f.name: getattr(pb, f.name) for f in dataclasses.fields(cls)})
+
+    def to_pb(self) -> registry_pb2.Limits:
+        return registry_pb2.Limits(**dataclasses.asdict(self))
+
+
 @dataclass(frozen=True)
 class ServingRecord:
     id: int
@@ -71,6 +132,8 @@ class ServingRecord:
     default_sampling: SamplingParams = field(default_factory=SamplingParams)
     rag_collection: str = ""
     created_at_unix_ms: int = 0
+    moderation: ModerationPolicy = field(default_factory=ModerationPolicy)
+    limits: Limits = field(default_factory=Limits)
 
     @classmethod
     def from_pb(cls, pb: registry_pb2.Serving) -> ServingRecord:
@@ -82,6 +145,8 @@ class ServingRecord:
             default_sampling=SamplingParams.from_pb(pb.default_sampling),
             rag_collection=pb.rag_collection,
             created_at_unix_ms=pb.created_at_unix_ms,
+            moderation=ModerationPolicy.from_pb(pb.moderation),
+            limits=Limits.from_pb(pb.limits),
         )
 
     def to_pb(self) -> registry_pb2.Serving:
@@ -93,4 +158,110 @@ class ServingRecord:
             default_sampling=self.default_sampling.to_pb(),
             rag_collection=self.rag_collection,
             created_at_unix_ms=self.created_at_unix_ms,
+            moderation=self.moderation.to_pb(),
+            limits=self.limits.to_pb(),
         )
+
+
+@dataclass(frozen=True)
+class ApiKeyRecord:
+    id: str
+    serving_id: int
+    name: str = ""
+    created_at_unix_ms: int = 0
+    expires_at_unix_ms: int = 0
+    revoked_at_unix_ms: int = 0
+
+    @classmethod
+    def from_pb(cls, pb: registry_pb2.ApiKey) -> ApiKeyRecord:
+        return cls(**{f.name: getattr(pb, f.name) for f in dataclasses.fields(cls)})
+
+    def to_pb(self) -> registry_pb2.ApiKey:
+        return registry_pb2.ApiKey(**dataclasses.asdict(self))
+
+    def usable_at(self, now_ms: int) -> bool:
+        expired = self.expires_at_unix_ms and self.expires_at_unix_ms <= now_ms
+        return not self.revoked_at_unix_ms and not expired
+
+
+class UsageStatus(enum.IntEnum):
+    OK = registry_pb2.USAGE_STATUS_OK
+    CLIENT_ERROR = registry_pb2.USAGE_STATUS_CLIENT_ERROR
+    SERVER_ERROR = registry_pb2.USAGE_STATUS_SERVER_ERROR
+    CANCELLED = registry_pb2.USAGE_STATUS_CANCELLED
+
+
+@dataclass(frozen=True)
+class UsageRecord:
+    request_id: str
+    created_at_unix_ms: int
+    serving_id: int
+    model: str
+    api_key_id: str
+    user_id: str
+    prompt_tokens: int
+    completion_tokens: int
+    latency_ms: int
+    ttft_ms: int
+    status: UsageStatus
+    blocked: bool
+    endpoint: str
+
+    @classmethod
+    def from_pb(cls, pb: registry_pb2.UsageRecord) -> UsageRecord:
+        return cls(
+            request_id=pb.request_id,
+            created_at_unix_ms=pb.created_at_unix_ms,
+            serving_id=pb.serving_id,
+            model=pb.model,
+            api_key_id=pb.api_key_id,
+            user_id=pb.user_id,
+            prompt_tokens=pb.usage.prompt_tokens,
+            completion_tokens=pb.usage.completion_tokens,
+            latency_ms=pb.latency_ms,
+            ttft_ms=pb.ttft_ms,
+            status=UsageStatus(pb.status or UsageStatus.OK),
+            blocked=pb.blocked,
+            endpoint=pb.endpoint,
+        )
+
+    def to_pb(self) -> registry_pb2.UsageRecord:
+        return registry_pb2.UsageRecord(
+            request_id=self.request_id,
+            created_at_unix_ms=self.created_at_unix_ms,
+            serving_id=self.serving_id,
+            model=self.model,
+            api_key_id=self.api_key_id,
+            user_id=self.user_id,
+            usage=common_pb2.Usage(
+                prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens
+            ),
+            latency_ms=self.latency_ms,
+            ttft_ms=self.ttft_ms,
+            status=int(self.status),
+            blocked=self.blocked,
+            endpoint=self.endpoint,
+        )
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["status"] = self.status.name.lower()
+        return data
+
+
+@dataclass(frozen=True)
+class UsageQuery:
+    serving_id: int = 0
+    api_key_id: str = ""
+    user_id: str = ""
+    since_unix_ms: int = 0
+    until_unix_ms: int = 0
+    limit: int = 100
+
+
+@dataclass(frozen=True)
+class UsageSummary:
+    records: list[UsageRecord]
+    total_requests: int
+    prompt_tokens: int
+    completion_tokens: int

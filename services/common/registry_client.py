@@ -6,8 +6,18 @@ import grpc
 
 from llmserve.registry.v1 import registry_pb2, registry_pb2_grpc
 from services.common.errors import from_rpc_error
-from services.common.records import ModelKind, ModelRecord, ServingRecord
+from services.common.records import (
+    ApiKeyRecord,
+    ModelKind,
+    ModelRecord,
+    ServingRecord,
+    UsageQuery,
+    UsageRecord,
+    UsageSummary,
+)
 from services.common.rpc import insecure_channel
+
+TIMEOUT_S = 10.0
 
 
 class RegistryClient:
@@ -18,31 +28,89 @@ class RegistryClient:
     async def close(self) -> None:
         await self._channel.close()
 
-    async def get_model(self, name: str, timeout_s: float = 10.0) -> ModelRecord:
+    async def _call(self, method: str, request, timeout_s: float = TIMEOUT_S):
         try:
-            response = await self._stub.GetModel(
-                registry_pb2.GetModelRequest(name=name), timeout=timeout_s
-            )
+            return await getattr(self._stub, method)(request, timeout=timeout_s)
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error) from error
+
+    async def get_model(self, name: str) -> ModelRecord:
+        response = await self._call("GetModel", registry_pb2.GetModelRequest(name=name))
         return ModelRecord.from_pb(response.model)
 
-    async def list_models(
-        self, kind: ModelKind | None = None, timeout_s: float = 10.0
-    ) -> list[ModelRecord]:
-        try:
-            response = await self._stub.ListModels(
-                registry_pb2.ListModelsRequest(kind=int(kind) if kind else 0), timeout=timeout_s
-            )
-        except grpc.aio.AioRpcError as error:
-            raise from_rpc_error(error) from error
+    async def list_models(self, kind: ModelKind | None = None) -> list[ModelRecord]:
+        request = registry_pb2.ListModelsRequest(kind=int(kind) if kind else 0)
+        response = await self._call("ListModels", request)
         return [ModelRecord.from_pb(m) for m in response.models]
 
-    async def list_servings(self, timeout_s: float = 10.0) -> list[ServingRecord]:
-        try:
-            response = await self._stub.ListServings(
-                registry_pb2.ListServingsRequest(), timeout=timeout_s
-            )
-        except grpc.aio.AioRpcError as error:
-            raise from_rpc_error(error) from error
+    async def list_servings(self) -> list[ServingRecord]:
+        response = await self._call("ListServings", registry_pb2.ListServingsRequest())
         return [ServingRecord.from_pb(s) for s in response.servings]
+
+    async def get_serving(self, serving_id: int) -> ServingRecord:
+        response = await self._call("GetServing", registry_pb2.GetServingRequest(id=serving_id))
+        return ServingRecord.from_pb(response.serving)
+
+    async def create_serving(self, serving: ServingRecord) -> ServingRecord:
+        pb = serving.to_pb()
+        request = registry_pb2.CreateServingRequest(
+            name=pb.name,
+            model=pb.model,
+            system_prompt=pb.system_prompt,
+            default_sampling=pb.default_sampling,
+            rag_collection=pb.rag_collection,
+            moderation=pb.moderation,
+            limits=pb.limits,
+        )
+        response = await self._call("CreateServing", request)
+        return ServingRecord.from_pb(response.serving)
+
+    async def update_serving(self, serving: ServingRecord) -> ServingRecord:
+        request = registry_pb2.UpdateServingRequest(serving=serving.to_pb())
+        response = await self._call("UpdateServing", request)
+        return ServingRecord.from_pb(response.serving)
+
+    async def delete_serving(self, serving_id: int) -> None:
+        await self._call("DeleteServing", registry_pb2.DeleteServingRequest(id=serving_id))
+
+    async def create_key(
+        self, serving_id: int, name: str, expires_at_unix_ms: int
+    ) -> tuple[ApiKeyRecord, str]:
+        request = registry_pb2.CreateApiKeyRequest(
+            serving_id=serving_id, name=name, expires_at_unix_ms=expires_at_unix_ms
+        )
+        response = await self._call("CreateApiKey", request)
+        return ApiKeyRecord.from_pb(response.key), response.secret
+
+    async def list_keys(self, serving_id: int) -> list[ApiKeyRecord]:
+        request = registry_pb2.ListApiKeysRequest(serving_id=serving_id)
+        response = await self._call("ListApiKeys", request)
+        return [ApiKeyRecord.from_pb(k) for k in response.keys]
+
+    async def revoke_key(self, key_id: str) -> None:
+        await self._call("RevokeApiKey", registry_pb2.RevokeApiKeyRequest(id=key_id))
+
+    async def verify_key(self, secret: str) -> ApiKeyRecord:
+        response = await self._call("VerifyApiKey", registry_pb2.VerifyApiKeyRequest(secret=secret))
+        return ApiKeyRecord.from_pb(response.key)
+
+    async def record_usage(self, records: list[UsageRecord]) -> None:
+        request = registry_pb2.RecordUsageRequest(records=[r.to_pb() for r in records])
+        await self._call("RecordUsage", request)
+
+    async def query_usage(self, query: UsageQuery) -> UsageSummary:
+        request = registry_pb2.QueryUsageRequest(
+            serving_id=query.serving_id,
+            api_key_id=query.api_key_id,
+            user_id=query.user_id,
+            since_unix_ms=query.since_unix_ms,
+            until_unix_ms=query.until_unix_ms,
+            limit=query.limit,
+        )
+        response = await self._call("QueryUsage", request)
+        return UsageSummary(
+            records=[UsageRecord.from_pb(r) for r in response.records],
+            total_requests=response.total_requests,
+            prompt_tokens=response.total_usage.prompt_tokens,
+            completion_tokens=response.total_usage.completion_tokens,
+        )

@@ -31,11 +31,16 @@ class ChatTemplate:
         env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
         self._template = env.from_string(source)
         self._special_tokens = special_tokens
+        # OpenAI's `developer` role replaces `system`; older templates only know the latter.
+        self._knows_developer = "developer" in source
 
     def render(self, messages: Sequence[ChatMessage], add_generation_prompt: bool = True) -> str:
         conversation = []
         for message in messages:
-            item = {"role": message.role, "content": message.content}
+            role = message.role
+            if role == "developer" and not self._knows_developer:
+                role = "system"
+            item = {"role": role, "content": message.content}
             if message.name:
                 item["name"] = message.name
             if message.tool_call_id:

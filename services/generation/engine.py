@@ -172,7 +172,8 @@ class GenerationEngine:
 
     @property
     def running(self) -> int:
-        return len(self._batch)
+        """Sequences still decoding (read from other threads; finished ones are not counted)."""
+        return sum(not (s.finished or s.cancelled) for s in self._batch.sequences)
 
     @property
     def waiting(self) -> int:
@@ -273,10 +274,11 @@ class GenerationEngine:
         logits, cache = self.model.forward(
             input_ids, mask, positions, self.model.empty_cache(count)
         )
+        # Join the batch before the first token is reported, so observers see them running.
+        self._batch.merge(sequences, cache, mask)
         for row, sequence in enumerate(sequences):
             sequence.position = len(sequence.prompt_ids)
             sequence.accept(logits[row], self.tokenizer.eos_token_ids, self.context_length)
-        self._batch.merge(sequences, cache, mask)
 
     def _decode(self) -> None:
         batch = self._batch

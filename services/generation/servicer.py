@@ -42,15 +42,14 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
         room = model.room_for(prompt_ids, sampling.max_tokens)
         params = ResolvedSampling.resolve(sampling, room)
         async for event in model.engine.generate(prompt_ids, params):
-            response = generation_pb2.GenerateResponse(text=event.text, token_ids=event.token_ids)
+            response = generation_pb2.GenerateResponse(
+                text=event.text,
+                token_ids=event.token_ids,
+                usage=common_pb2.Usage(prompt_tokens=len(prompt_ids)),
+            )
             if event.finish_reason is not None:
                 response.finish_reason = _FINISH_REASONS[event.finish_reason]
-                response.usage.CopyFrom(
-                    common_pb2.Usage(
-                        prompt_tokens=event.prompt_tokens,
-                        completion_tokens=event.completion_tokens,
-                    )
-                )
+                response.usage.completion_tokens = event.completion_tokens
             yield response
 
     @rpc_method

@@ -1,7 +1,8 @@
 """Starts the whole stack locally as separate processes: python -m services.launcher (make run).
 
 Registry first (it imports the default model on first start), then generation, then the edge;
-each must be healthy before the next starts. Ctrl-C or SIGTERM stops them in reverse order.
+each must be healthy before the next starts. A service that dies is restarted. Ctrl-C or
+SIGTERM stops them in reverse order.
 Ports come from the services' own settings: REGISTRY_PORT, GENERATION_PORT, EDGE_PORT.
 """
 
@@ -9,12 +10,16 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -31,43 +36,76 @@ logger = logging.getLogger("launcher")
 REGISTRY_START_TIMEOUT_S = 1800.0
 SERVICE_START_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 20.0
+# A service that dies is restarted, unless it died this often within the window.
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 300.0
+
+
+@dataclass
+class Service:
+    name: str
+    module: str
+    env: dict[str, str]
+    ready: Callable[[], bool]
+    start_timeout_s: float
+    process: subprocess.Popen | None = None
+    restarts: list[float] = field(default_factory=list)
 
 
 class Stack:
     def __init__(self) -> None:
-        self.children: list[tuple[str, subprocess.Popen]] = []
+        self.services: list[Service] = []
         self.stopping = threading.Event()
 
-    def start(self, name: str, module: str, env: dict[str, str]) -> subprocess.Popen:
-        logger.info("starting %s", name)
-        child = subprocess.Popen([sys.executable, "-m", module], env={**os.environ, **env})
-        self.children.append((name, child))
-        return child
-
-    def wait_until(self, name: str, child: subprocess.Popen, ready, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not ready():
-            if child.poll() is not None:
-                raise RuntimeError(f"{name} exited with status {child.returncode} while starting")
+    def start(self, service: Service) -> None:
+        """Starts a service and waits until it reports healthy."""
+        if service not in self.services:
+            self.services.append(service)
+        service.process = subprocess.Popen(
+            [sys.executable, "-m", service.module], env={**os.environ, **service.env}
+        )
+        logger.info("started %s (pid %d)", service.name, service.process.pid)
+        deadline = time.monotonic() + service.start_timeout_s
+        while not service.ready():
+            if service.process.poll() is not None:
+                raise RuntimeError(
+                    f"{service.name} exited with status {service.process.returncode} while starting"
+                )
             if self.stopping.is_set():
                 raise KeyboardInterrupt
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{name} did not become healthy within {timeout_s:.0f}s")
+                raise RuntimeError(
+                    f"{service.name} did not become healthy within {service.start_timeout_s:.0f}s"
+                )
             self.stopping.wait(0.25)
-        logger.info("%s is healthy", name)
+        logger.info("%s is healthy", service.name)
+
+    def supervise(self) -> None:
+        """Until a signal arrives: restarts a service that died, unless it keeps dying."""
+        while not self.stopping.wait(0.5):
+            for service in self.services:
+                if service.process.poll() is None:
+                    continue
+                logger.error("%s exited with status %d", service.name, service.process.returncode)
+                now = time.monotonic()
+                service.restarts = [t for t in service.restarts if now - t < RESTART_WINDOW_S]
+                if len(service.restarts) >= MAX_RESTARTS:
+                    raise RuntimeError(f"{service.name} keeps failing; stopping the stack")
+                service.restarts.append(now)
+                self.start(service)
 
     def stop(self) -> None:
-        for name, child in reversed(self.children):
-            if child.poll() is None:
-                logger.info("stopping %s", name)
-                child.terminate()
-        for name, child in reversed(self.children):
+        running = [s for s in reversed(self.services) if s.process and s.process.poll() is None]
+        for service in running:
+            logger.info("stopping %s", service.name)
+            service.process.terminate()
+        for service in running:
             try:
-                child.wait(STOP_TIMEOUT_S)
+                service.process.wait(STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
-                logger.warning("%s did not stop in %.0fs; killing it", name, STOP_TIMEOUT_S)
-                child.kill()
-                child.wait()
+                logger.warning("%s did not stop in %.0fs; killing it", service.name, STOP_TIMEOUT_S)
+                service.process.kill()
+                service.process.wait()
 
 
 def grpc_healthy(address: str):
@@ -95,45 +133,77 @@ def http_healthy(url: str):
     return check
 
 
+def admin_token(path: Path) -> str:
+    """The local admin token: reused from a file only its owner can read, or created there."""
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(token + "\n")
+    return token
+
+
 def main() -> None:
     setup_logging("INFO", "launcher")
     registry = RegistrySettings()
     generation = GenerationSettings()
     edge = EdgeSettings()
     registry_addr = f"{registry.host}:{registry.port}"
+    admin_token_path = registry.dev_key_path.parent / "admin-token"
+    edge_admin_token = (
+        edge.admin_token.get_secret_value() if edge.admin_token else admin_token(admin_token_path)
+    )
     generation_addr = f"{generation.host}:{generation.port}"
 
     stack = Stack()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stack.stopping.set())
-    try:
-        child = stack.start("registry", "services.registry", {})
-        stack.wait_until("registry", child, grpc_healthy(registry_addr), REGISTRY_START_TIMEOUT_S)
-        child = stack.start(
+    base = f"http://{edge.host}:{edge.port}"
+    services = [
+        Service(
+            "registry",
+            "services.registry",
+            {},
+            grpc_healthy(registry_addr),
+            REGISTRY_START_TIMEOUT_S,
+        ),
+        Service(
             "generation",
             "services.generation",
             {
                 "GENERATION_REGISTRY_ADDR": registry_addr,
                 "GENERATION_PRELOAD_MODELS": generation.preload_models or DEFAULT_CHAT_MODEL,
             },
-        )
-        stack.wait_until(
-            "generation", child, grpc_healthy(generation_addr), SERVICE_START_TIMEOUT_S
-        )
-        child = stack.start(
+            grpc_healthy(generation_addr),
+            SERVICE_START_TIMEOUT_S,
+        ),
+        Service(
             "edge",
             "edge",
-            {"EDGE_REGISTRY_ADDR": registry_addr, "EDGE_GENERATION_ADDR": generation_addr},
-        )
-        base = f"http://{edge.host}:{edge.port}"
-        stack.wait_until("edge", child, http_healthy(f"{base}/health"), SERVICE_START_TIMEOUT_S)
+            {
+                "EDGE_REGISTRY_ADDR": registry_addr,
+                "EDGE_GENERATION_ADDR": generation_addr,
+                "EDGE_ADMIN_TOKEN": edge_admin_token,
+            },
+            http_healthy(f"{base}/health"),
+            SERVICE_START_TIMEOUT_S,
+        ),
+    ]
+    try:
+        for service in services:
+            stack.start(service)
+        if edge.auth_enabled:
+            logger.info(
+                "development API key in %s (export OPENAI_API_KEY=$(cat %s))",
+                registry.dev_key_path,
+                registry.dev_key_path,
+            )
+        if not edge.admin_token:
+            logger.info("admin token for %s/admin/v1 in %s", base, admin_token_path)
         logger.info("ready: OpenAI API at %s/v1 (Ctrl-C stops)", base)
-        # Run until a signal arrives or any service dies.
-        while not stack.stopping.wait(1.0):
-            for name, process in stack.children:
-                if process.poll() is not None:
-                    logger.error("%s exited with status %d", name, process.returncode)
-                    stack.stopping.set()
+        stack.supervise()
     except KeyboardInterrupt:
         pass
     except RuntimeError as error:

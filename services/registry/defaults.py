@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 from pathlib import Path
 
-from services.common.errors import NotFound
+from services.common.errors import NotFound, Unauthenticated
 from services.common.records import ModelKind, ServingRecord
 from services.registry.exporter import Progress
 from services.registry.importer import ModelImporter
@@ -25,16 +26,38 @@ def smollm2_gguf() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def ensure_defaults(store: RegistryStore, importer: ModelImporter, progress: Progress) -> None:
-    """Imports the default chat model and gives it a serving, unless already there."""
+def ensure_defaults(
+    store: RegistryStore, importer: ModelImporter, progress: Progress, dev_key_path: Path
+) -> None:
+    """Imports the default chat model, gives it a serving and a development key, unless there."""
     try:
         store.get_model(DEFAULT_CHAT_MODEL)
     except NotFound:
         logger.info("importing default chat model %s", DEFAULT_CHAT_MODEL)
         record = importer.import_model(DEFAULT_CHAT_MODEL, ModelKind.CHAT, smollm2_gguf(), progress)
         store.add_model(record)
-    if not any(s.model == DEFAULT_CHAT_MODEL for s in store.list_servings()):
+    serving = next((s for s in store.list_servings() if s.model == DEFAULT_CHAT_MODEL), None)
+    if serving is None:
         serving = store.add_serving(
             ServingRecord(id=0, name=DEFAULT_CHAT_MODEL, model=DEFAULT_CHAT_MODEL)
         )
         logger.info("created serving %d for %s", serving.id, DEFAULT_CHAT_MODEL)
+    ensure_dev_key(store, serving.id, dev_key_path)
+
+
+def ensure_dev_key(store: RegistryStore, serving_id: int, path: Path) -> None:
+    """Keeps a valid development key for the serving in a file only its owner can read."""
+    if path.exists():
+        try:
+            store.verify_key(path.read_text().strip())
+            return
+        except Unauthenticated:
+            logger.info("development key in %s is no longer valid; issuing a new one", path)
+    key, secret = store.create_key(serving_id, name="development")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(secret + "\n")
+    os.replace(temporary, path)
+    logger.info("issued development key %s for serving %d; secret in %s", key.id, serving_id, path)

@@ -5,10 +5,19 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from llmserve.common.v1 import common_pb2
 from llmserve.registry.v1 import registry_pb2, registry_pb2_grpc
 from services.common.domain import SamplingParams
 from services.common.errors import InvalidArgument
-from services.common.records import ModelKind, ServingRecord, SourceFormat
+from services.common.records import (
+    Limits,
+    ModelKind,
+    ModerationPolicy,
+    ServingRecord,
+    SourceFormat,
+    UsageQuery,
+    UsageRecord,
+)
 from services.common.rpc import rpc_method
 from services.registry.importer import ModelImporter
 from services.registry.store import RegistryStore
@@ -88,9 +97,20 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                 system_prompt=request.system_prompt,
                 default_sampling=SamplingParams.from_pb(request.default_sampling),
                 rag_collection=request.rag_collection,
+                moderation=ModerationPolicy.from_pb(request.moderation),
+                limits=Limits.from_pb(request.limits),
             ),
         )
         return registry_pb2.CreateServingResponse(serving=serving.to_pb())
+
+    @rpc_method
+    async def UpdateServing(self, request, context):
+        if not request.serving.id:
+            raise InvalidArgument("`serving.id` is required.", param="id")
+        serving = await asyncio.to_thread(
+            self._store.update_serving, ServingRecord.from_pb(request.serving)
+        )
+        return registry_pb2.UpdateServingResponse(serving=serving.to_pb())
 
     @rpc_method
     async def GetServing(self, request, context):
@@ -106,3 +126,52 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def DeleteServing(self, request, context):
         await asyncio.to_thread(self._store.delete_serving, request.id)
         return registry_pb2.DeleteServingResponse()
+
+    @rpc_method
+    async def CreateApiKey(self, request, context):
+        key, secret = await asyncio.to_thread(
+            self._store.create_key, request.serving_id, request.name, request.expires_at_unix_ms
+        )
+        return registry_pb2.CreateApiKeyResponse(key=key.to_pb(), secret=secret)
+
+    @rpc_method
+    async def ListApiKeys(self, request, context):
+        keys = await asyncio.to_thread(self._store.list_keys, request.serving_id)
+        return registry_pb2.ListApiKeysResponse(keys=[k.to_pb() for k in keys])
+
+    @rpc_method
+    async def RevokeApiKey(self, request, context):
+        await asyncio.to_thread(self._store.revoke_key, request.id)
+        return registry_pb2.RevokeApiKeyResponse()
+
+    @rpc_method
+    async def VerifyApiKey(self, request, context):
+        key = await asyncio.to_thread(self._store.verify_key, request.secret)
+        return registry_pb2.VerifyApiKeyResponse(key=key.to_pb())
+
+    @rpc_method
+    async def RecordUsage(self, request, context):
+        records = [UsageRecord.from_pb(r) for r in request.records]
+        await asyncio.to_thread(self._store.record_usage, records)
+        return registry_pb2.RecordUsageResponse()
+
+    @rpc_method
+    async def QueryUsage(self, request, context):
+        summary = await asyncio.to_thread(
+            self._store.query_usage,
+            UsageQuery(
+                serving_id=request.serving_id,
+                api_key_id=request.api_key_id,
+                user_id=request.user_id,
+                since_unix_ms=request.since_unix_ms,
+                until_unix_ms=request.until_unix_ms,
+                limit=request.limit or 100,
+            ),
+        )
+        return registry_pb2.QueryUsageResponse(
+            records=[r.to_pb() for r in summary.records],
+            total_requests=summary.total_requests,
+            total_usage=common_pb2.Usage(
+                prompt_tokens=summary.prompt_tokens, completion_tokens=summary.completion_tokens
+            ),
+        )

@@ -17,3 +17,5 @@ class RegistrySettings(ServiceSettings):
     cache_dir: Path = DEFAULT_CACHE_DIR
     # On start, import the bundled default chat model and create a serving for it if missing.
     bootstrap_defaults: bool = True
+    # Where bootstrap keeps a development API key for the default serving (mode 0600).
+    dev_key_path: Path = DEFAULT_DATA_DIR / "dev-api-key"

@@ -5,7 +5,11 @@ Blocking: callers on an event loop run these methods in a worker thread.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import hmac
 import json
+import secrets
 import sqlite3
 import threading
 import time
@@ -13,8 +17,20 @@ from dataclasses import replace
 from pathlib import Path
 
 from services.common.domain import SamplingParams
-from services.common.errors import AlreadyExists, FailedPrecondition, NotFound
-from services.common.records import ModelKind, ModelRecord, ServingRecord, SourceFormat
+from services.common.errors import AlreadyExists, FailedPrecondition, NotFound, Unauthenticated
+from services.common.records import (
+    ApiKeyRecord,
+    Limits,
+    ModelKind,
+    ModelRecord,
+    ModerationPolicy,
+    ServingRecord,
+    SourceFormat,
+    UsageQuery,
+    UsageRecord,
+    UsageStatus,
+    UsageSummary,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
@@ -36,9 +52,59 @@ CREATE TABLE IF NOT EXISTS servings (
     system_prompt TEXT NOT NULL,
     default_sampling TEXT NOT NULL,
     rag_collection TEXT NOT NULL,
-    created_at_unix_ms INTEGER NOT NULL
+    created_at_unix_ms INTEGER NOT NULL,
+    moderation TEXT NOT NULL,
+    limits TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS api_keys (
+    id TEXT PRIMARY KEY,
+    serving_id INTEGER NOT NULL REFERENCES servings(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    secret_sha256 TEXT NOT NULL UNIQUE,
+    created_at_unix_ms INTEGER NOT NULL,
+    expires_at_unix_ms INTEGER NOT NULL,
+    revoked_at_unix_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS usage (
+    request_id TEXT PRIMARY KEY,
+    created_at_unix_ms INTEGER NOT NULL,
+    serving_id INTEGER NOT NULL,
+    model TEXT NOT NULL,
+    api_key_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    latency_ms INTEGER NOT NULL,
+    ttft_ms INTEGER NOT NULL,
+    status INTEGER NOT NULL,
+    blocked INTEGER NOT NULL,
+    endpoint TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS usage_by_time ON usage (created_at_unix_ms);
+CREATE INDEX IF NOT EXISTS usage_by_serving ON usage (serving_id, created_at_unix_ms);
 """
+
+# Secrets look like OpenAI keys; the prefix lets scanners recognise leaked ones.
+SECRET_PREFIX = "sk-llms-"
+_USAGE_COLUMNS = (
+    "request_id",
+    "created_at_unix_ms",
+    "serving_id",
+    "model",
+    "api_key_id",
+    "user_id",
+    "prompt_tokens",
+    "completion_tokens",
+    "latency_ms",
+    "ttft_ms",
+    "status",
+    "blocked",
+    "endpoint",
+)
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 def now_ms() -> int:
@@ -63,10 +129,17 @@ class RegistryStore:
             self._conn.close()
 
     def _write(self, sql: str, args: tuple) -> sqlite3.Cursor:
+        return self._write_many(sql, [args])
+
+    def _write_many(self, sql: str, rows: list[tuple]) -> sqlite3.Cursor:
+        """One transaction; committed (and fsynced) before it returns."""
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                cursor = self._conn.execute(sql, args)
+                if len(rows) == 1:
+                    cursor = self._conn.execute(sql, rows[0])
+                else:
+                    cursor = self._conn.executemany(sql, rows)
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
@@ -129,17 +202,21 @@ class RegistryStore:
         serving = _with_created(serving)
         cursor = self._write(
             "INSERT INTO servings (name, model, system_prompt, default_sampling, rag_collection,"
-            " created_at_unix_ms) VALUES (?,?,?,?,?,?)",
-            (
-                serving.name,
-                serving.model,
-                serving.system_prompt,
-                json.dumps(serving.default_sampling.to_dict()),
-                serving.rag_collection,
-                serving.created_at_unix_ms,
-            ),
+            " moderation, limits, created_at_unix_ms) VALUES (?,?,?,?,?,?,?,?)",
+            (*_serving_settings(serving), serving.created_at_unix_ms),
         )
         return self.get_serving(cursor.lastrowid)
+
+    def update_serving(self, serving: ServingRecord) -> ServingRecord:
+        self.get_model(serving.model)
+        cursor = self._write(
+            "UPDATE servings SET name=?, model=?, system_prompt=?, default_sampling=?,"
+            " rag_collection=?, moderation=?, limits=? WHERE id=?",
+            (*_serving_settings(serving), serving.id),
+        )
+        if cursor.rowcount == 0:
+            raise NotFound(f"The serving {serving.id} does not exist.", code="serving_not_found")
+        return self.get_serving(serving.id)
 
     def get_serving(self, serving_id: int) -> ServingRecord:
         rows = self._read("SELECT * FROM servings WHERE id = ?", (serving_id,))
@@ -153,6 +230,122 @@ class RegistryStore:
     def delete_serving(self, serving_id: int) -> None:
         if self._write("DELETE FROM servings WHERE id = ?", (serving_id,)).rowcount == 0:
             raise NotFound(f"The serving {serving_id} does not exist.", code="serving_not_found")
+
+    # API keys: only a hash of the secret is stored.
+
+    def create_key(
+        self, serving_id: int, name: str = "", expires_at_unix_ms: int = 0
+    ) -> tuple[ApiKeyRecord, str]:
+        self.get_serving(serving_id)
+        secret = SECRET_PREFIX + secrets.token_urlsafe(32)
+        key = ApiKeyRecord(
+            id="key_" + secrets.token_hex(8),
+            serving_id=serving_id,
+            name=name,
+            created_at_unix_ms=now_ms(),
+            expires_at_unix_ms=expires_at_unix_ms,
+        )
+        self._write(
+            "INSERT INTO api_keys VALUES (?,?,?,?,?,?,?)",
+            (
+                key.id,
+                key.serving_id,
+                key.name,
+                hash_secret(secret),
+                key.created_at_unix_ms,
+                key.expires_at_unix_ms,
+                0,
+            ),
+        )
+        return key, secret
+
+    def list_keys(self, serving_id: int) -> list[ApiKeyRecord]:
+        rows = self._read(
+            "SELECT * FROM api_keys WHERE serving_id = ? ORDER BY created_at_unix_ms DESC",
+            (serving_id,),
+        )
+        return [_key_from_row(row) for row in rows]
+
+    def revoke_key(self, key_id: str) -> None:
+        cursor = self._write(
+            "UPDATE api_keys SET revoked_at_unix_ms = ? WHERE id = ? AND revoked_at_unix_ms = 0",
+            (now_ms(), key_id),
+        )
+        if cursor.rowcount == 0 and not self._read("SELECT 1 FROM api_keys WHERE id=?", (key_id,)):
+            raise NotFound(f"The API key {key_id} does not exist.")
+
+    def verify_key(self, secret: str) -> ApiKeyRecord:
+        digest = hash_secret(secret)
+        rows = self._read("SELECT * FROM api_keys WHERE secret_sha256 = ?", (digest,))
+        # The lookup is by hash; compare in constant time anyway.
+        if not rows or not hmac.compare_digest(rows[0]["secret_sha256"], digest):
+            raise Unauthenticated("Incorrect API key provided.", code="invalid_api_key")
+        key = _key_from_row(rows[0])
+        if not key.usable_at(now_ms()):
+            raise Unauthenticated("The API key is revoked or expired.", code="invalid_api_key")
+        return key
+
+    # Usage
+
+    def record_usage(self, records: list[UsageRecord]) -> None:
+        """Appends records in one durable transaction; a replayed request id is ignored."""
+        if not records:
+            return
+        placeholders = ",".join("?" * len(_USAGE_COLUMNS))
+        self._write_many(
+            f"INSERT OR IGNORE INTO usage ({','.join(_USAGE_COLUMNS)}) VALUES ({placeholders})",
+            [
+                (
+                    r.request_id,
+                    r.created_at_unix_ms,
+                    r.serving_id,
+                    r.model,
+                    r.api_key_id,
+                    r.user_id,
+                    r.prompt_tokens,
+                    r.completion_tokens,
+                    r.latency_ms,
+                    r.ttft_ms,
+                    int(r.status),
+                    int(r.blocked),
+                    r.endpoint,
+                )
+                for r in records
+            ],
+        )
+
+    def query_usage(self, query: UsageQuery) -> UsageSummary:
+        clauses, args = [], []
+        for column, value in (
+            ("serving_id", query.serving_id),
+            ("api_key_id", query.api_key_id),
+            ("user_id", query.user_id),
+        ):
+            if value:
+                clauses.append(f"{column} = ?")
+                args.append(value)
+        if query.since_unix_ms:
+            clauses.append("created_at_unix_ms >= ?")
+            args.append(query.since_unix_ms)
+        if query.until_unix_ms:
+            clauses.append("created_at_unix_ms < ?")
+            args.append(query.until_unix_ms)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        totals = self._read(
+            "SELECT COUNT(*), COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0)"
+            f" FROM usage {where}",
+            tuple(args),
+        )[0]
+        rows = self._read(
+            f"SELECT * FROM usage {where} ORDER BY created_at_unix_ms DESC LIMIT ?",
+            (*args, query.limit or 100),
+        )
+        return UsageSummary(
+            records=[_usage_from_row(row) for row in rows],
+            total_requests=totals[0],
+            prompt_tokens=totals[1],
+            completion_tokens=totals[2],
+        )
 
 
 def _with_created(record):
@@ -176,6 +369,37 @@ def _model_from_row(row: sqlite3.Row) -> ModelRecord:
     )
 
 
+def _serving_settings(serving: ServingRecord) -> tuple:
+    """Column values of a serving's settings, in schema order (name .. limits)."""
+    return (
+        serving.name,
+        serving.model,
+        serving.system_prompt,
+        json.dumps(serving.default_sampling.to_dict()),
+        serving.rag_collection,
+        json.dumps(serving.moderation.to_dict()),
+        json.dumps(dataclasses.asdict(serving.limits)),
+    )
+
+
+def _key_from_row(row: sqlite3.Row) -> ApiKeyRecord:
+    return ApiKeyRecord(
+        id=row["id"],
+        serving_id=row["serving_id"],
+        name=row["name"],
+        created_at_unix_ms=row["created_at_unix_ms"],
+        expires_at_unix_ms=row["expires_at_unix_ms"],
+        revoked_at_unix_ms=row["revoked_at_unix_ms"],
+    )
+
+
+def _usage_from_row(row: sqlite3.Row) -> UsageRecord:
+    values = {column: row[column] for column in _USAGE_COLUMNS}
+    values["status"] = UsageStatus(values["status"])
+    values["blocked"] = bool(values["blocked"])
+    return UsageRecord(**values)
+
+
 def _serving_from_row(row: sqlite3.Row) -> ServingRecord:
     return ServingRecord(
         id=row["id"],
@@ -185,4 +409,6 @@ def _serving_from_row(row: sqlite3.Row) -> ServingRecord:
         default_sampling=SamplingParams.from_dict(json.loads(row["default_sampling"])),
         rag_collection=row["rag_collection"],
         created_at_unix_ms=row["created_at_unix_ms"],
+        moderation=ModerationPolicy.from_dict(json.loads(row["moderation"])),
+        limits=Limits(**json.loads(row["limits"])),
     )

@@ -1,0 +1,188 @@
+"""The admin API under /admin/v1: servings, their API keys and the usage log.
+
+Protected by the admin token (EDGE_ADMIN_TOKEN), never by serving keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from edge.auth import check_admin
+from edge.state import EdgeState
+from services.common.domain import SamplingParams
+from services.common.records import (
+    ApiKeyRecord,
+    Limits,
+    ModerationAction,
+    ModerationPolicy,
+    ServingRecord,
+    UsageQuery,
+)
+
+
+async def require_admin(request: Request) -> None:
+    settings = request.app.state.edge.settings
+    check_admin(request, settings.admin_token.get_secret_value() if settings.admin_token else None)
+
+
+router = APIRouter(prefix="/admin/v1", dependencies=[Depends(require_admin)])
+
+
+class ModerationIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = False
+    blocked_terms: list[str] = []
+    action: Literal["cut", "withhold"] = "cut"
+
+    def to_domain(self) -> ModerationPolicy:
+        action = ModerationAction[self.action.upper()]
+        return ModerationPolicy(self.enabled, tuple(self.blocked_terms), action)
+
+
+class LimitsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    requests_per_minute: Annotated[int, Field(ge=0)] = 0
+    tokens_per_minute: Annotated[int, Field(ge=0)] = 0
+    max_concurrent_requests: Annotated[int, Field(ge=0)] = 0
+    key_requests_per_minute: Annotated[int, Field(ge=0)] = 0
+    key_tokens_per_minute: Annotated[int, Field(ge=0)] = 0
+    key_max_concurrent_requests: Annotated[int, Field(ge=0)] = 0
+
+
+class ServingIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = ""
+    model: str = Field(min_length=1)
+    system_prompt: str = ""
+    default_sampling: dict = {}
+    rag_collection: str = ""
+    moderation: ModerationIn = ModerationIn()
+    limits: LimitsIn = LimitsIn()
+
+    def to_domain(self, serving_id: int = 0) -> ServingRecord:
+        return ServingRecord(
+            id=serving_id,
+            name=self.name or self.model,
+            model=self.model,
+            system_prompt=self.system_prompt,
+            default_sampling=SamplingParams.from_dict(self.default_sampling),
+            rag_collection=self.rag_collection,
+            moderation=self.moderation.to_domain(),
+            limits=Limits(**self.limits.model_dump()),
+        )
+
+
+class KeyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = ""
+    # Expiry as Unix seconds; omitted never expires.
+    expires_at: Annotated[int, Field(ge=0)] = 0
+
+
+def serving_json(serving: ServingRecord) -> dict:
+    return {
+        "id": serving.id,
+        "name": serving.name,
+        "model": serving.model,
+        "system_prompt": serving.system_prompt,
+        "default_sampling": serving.default_sampling.to_dict(),
+        "rag_collection": serving.rag_collection,
+        "moderation": serving.moderation.to_dict(),
+        "limits": dataclasses.asdict(serving.limits),
+        "created_at": serving.created_at_unix_ms // 1000,
+    }
+
+
+def key_json(key: ApiKeyRecord) -> dict:
+    return {
+        "id": key.id,
+        "serving_id": key.serving_id,
+        "name": key.name,
+        "created_at": key.created_at_unix_ms // 1000,
+        "expires_at": key.expires_at_unix_ms // 1000 or None,
+        "revoked_at": key.revoked_at_unix_ms // 1000 or None,
+    }
+
+
+def _state(request: Request) -> EdgeState:
+    return request.app.state.edge
+
+
+@router.post("/servings", status_code=201)
+async def create_serving(body: ServingIn, request: Request) -> dict:
+    serving = await _state(request).registry.create_serving(body.to_domain())
+    _state(request).catalog.invalidate()
+    return serving_json(serving)
+
+
+@router.get("/servings")
+async def list_servings(request: Request) -> dict:
+    servings = await _state(request).registry.list_servings()
+    return {"object": "list", "data": [serving_json(s) for s in servings]}
+
+
+@router.get("/servings/{serving_id:int}")
+async def get_serving(serving_id: int, request: Request) -> dict:
+    return serving_json(await _state(request).registry.get_serving(serving_id))
+
+
+@router.put("/servings/{serving_id:int}")
+async def update_serving(serving_id: int, body: ServingIn, request: Request) -> dict:
+    serving = await _state(request).registry.update_serving(body.to_domain(serving_id))
+    _state(request).catalog.invalidate()
+    return serving_json(serving)
+
+
+@router.delete("/servings/{serving_id:int}")
+async def delete_serving(serving_id: int, request: Request) -> dict:
+    await _state(request).registry.delete_serving(serving_id)
+    _state(request).catalog.invalidate()
+    return {"id": serving_id, "deleted": True}
+
+
+@router.post("/servings/{serving_id:int}/keys", status_code=201)
+async def create_key(serving_id: int, body: KeyIn, request: Request) -> dict:
+    key, secret = await _state(request).registry.create_key(
+        serving_id, body.name, body.expires_at * 1000
+    )
+    # The only time the secret is ever shown.
+    return {**key_json(key), "secret": secret}
+
+
+@router.get("/servings/{serving_id:int}/keys")
+async def list_keys(serving_id: int, request: Request) -> dict:
+    await _state(request).registry.get_serving(serving_id)
+    keys = await _state(request).registry.list_keys(serving_id)
+    return {"object": "list", "data": [key_json(k) for k in keys]}
+
+
+@router.delete("/keys/{key_id}")
+async def revoke_key(key_id: str, request: Request) -> dict:
+    await _state(request).registry.revoke_key(key_id)
+    return {"id": key_id, "revoked": True}
+
+
+@router.get("/usage")
+async def query_usage(
+    request: Request,
+    serving_id: Annotated[int, Query(ge=0)] = 0,
+    api_key_id: str = "",
+    user_id: str = "",
+    since: Annotated[int, Query(ge=0, description="Unix seconds, inclusive")] = 0,
+    until: Annotated[int, Query(ge=0, description="Unix seconds, exclusive")] = 0,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+) -> dict:
+    summary = await _state(request).registry.query_usage(
+        UsageQuery(serving_id, api_key_id, user_id, since * 1000, until * 1000, limit)
+    )
+    return {
+        "object": "list",
+        "data": [r.to_dict() for r in summary.records],
+        "total_requests": summary.total_requests,
+        "total_prompt_tokens": summary.prompt_tokens,
+        "total_completion_tokens": summary.completion_tokens,
+    }
