@@ -21,11 +21,32 @@ _FINISH_REASONS = {
 
 @dataclass(frozen=True)
 class Delta:
+    # Which of the n completions it belongs to.
+    index: int
     text: str
     # Tokens this delta adds to the completion.
     token_count: int
     prompt_tokens: int
     finish_reason: str | None = None
+    # OpenAI-shaped logprobs entries, one per token, when requested.
+    logprobs: list[dict] | None = None
+
+
+def _logprobs_json(entries) -> list[dict] | None:
+    if not entries:
+        return None
+    return [
+        {
+            "token": entry.token,
+            "logprob": entry.logprob,
+            "bytes": list(entry.bytes),
+            "top_logprobs": [
+                {"token": top.token, "logprob": top.logprob, "bytes": list(top.bytes)}
+                for top in entry.top_logprobs
+            ],
+        }
+        for entry in entries
+    ]
 
 
 class GenerationClient:
@@ -41,15 +62,18 @@ class GenerationClient:
         model: str,
         messages: list[ChatMessage],
         sampling: SamplingParams,
+        n: int,
         request_id: str,
         timeout_s: float,
     ) -> AsyncIterator[Delta]:
-        """Streams deltas; closing the iterator early cancels the RPC (and the sequence)."""
+        """Streams the n completions' deltas, interleaved; closing the iterator early cancels
+        the RPC (and its sequences)."""
         call = self._stub.Generate(
             generation_pb2.GenerateRequest(
                 model=model,
                 messages=[m.to_pb() for m in messages],
                 sampling=sampling.to_pb(),
+                n=n,
             ),
             timeout=timeout_s,
             metadata=((REQUEST_ID_METADATA_KEY, request_id),),
@@ -57,10 +81,12 @@ class GenerationClient:
         try:
             async for response in call:
                 yield Delta(
+                    index=response.index,
                     text=response.text,
                     token_count=len(response.token_ids),
                     prompt_tokens=response.usage.prompt_tokens,
                     finish_reason=_FINISH_REASONS.get(response.finish_reason),
+                    logprobs=_logprobs_json(response.logprobs),
                 )
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error) from error

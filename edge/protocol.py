@@ -83,11 +83,21 @@ class ChatCompletionRequest(OpenAIModel):
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     n: Annotated[int, Field(ge=1, le=16)] = 1
     user: str | None = None
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
+    logprobs: bool = False
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    # Not in OpenAI's API; accepted as vLLM does.
+    stop_token_ids: list[Annotated[int, Field(ge=0)]] | None = None
 
     @model_validator(mode="after")
     def _check_stop(self) -> ChatCompletionRequest:
         if isinstance(self.stop, list) and len(self.stop) > MAX_STOP_SEQUENCES:
             raise ValueError(f"stop takes at most {MAX_STOP_SEQUENCES} sequences")
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs requires logprobs to be true")
+        for token in self.logit_bias or {}:
+            if not token.isdigit():
+                raise ValueError(f"logit_bias keys must be token ids, got {token!r}")
         return self
 
     @property
@@ -109,6 +119,10 @@ class ChatCompletionRequest(OpenAIModel):
             presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty,
             repetition_penalty=self.repetition_penalty,
+            logit_bias=tuple(sorted((int(k), v) for k, v in (self.logit_bias or {}).items())),
+            stop_token_ids=tuple(self.stop_token_ids or ()),
+            logprobs=self.logprobs,
+            top_logprobs=self.top_logprobs or 0,
         )
 
     def log_ignored_fields(self) -> None:

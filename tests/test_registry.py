@@ -131,7 +131,7 @@ def test_import_checkpoint_directory_exports_once_and_serves(tmp_path, tiny_chec
             model = await pool.get("tiny")
             _, ids = model.render_prompt([ChatMessage("user", "hi")])
             params = ResolvedSampling.resolve(SamplingParams(temperature=0.0, max_tokens=4), 200)
-            return [e async for e in model.engine.generate(ids, params)]
+            return [e async for e in model.engine.generate(ids, [params])]
         finally:
             pool.close()
 

@@ -7,18 +7,17 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import replace
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from edge.auth import Access, resolve_access
+from edge.disconnect import cancel_on_disconnect
 from edge.errors import sse_error
 from edge.generation_client import Delta
 from edge.moderation import Moderator, OutputGuard, TermListModerator
 from edge.protocol import ChatCompletionRequest, usage_dict
 from edge.state import EdgeState
-from edge.streams import cancel_on_disconnect, merge_indexed
 from edge.tracking import RequestTracker
 from services.common.domain import ChatMessage, SamplingParams
 from services.common.logs import request_id_var
@@ -59,11 +58,23 @@ class _Completion:
         return _sse(payload)
 
     @staticmethod
-    def choice_delta(index: int, delta: dict, finish_reason: str | None = None) -> dict:
-        return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+    def choice_delta(
+        index: int, delta: dict, finish_reason: str | None = None, logprobs: list | None = None
+    ) -> dict:
+        return {
+            "index": index,
+            "delta": delta,
+            "logprobs": {"content": logprobs, "refusal": None} if logprobs else None,
+            "finish_reason": finish_reason,
+        }
 
     def body(
-        self, texts: list[str], finish_reasons: list[str | None], usage: dict, blocked: bool
+        self,
+        texts: list[str],
+        finish_reasons: list[str | None],
+        logprobs: list[list[dict] | None],
+        usage: dict,
+        blocked: bool,
     ) -> dict:
         body = {
             "id": self.id,
@@ -74,7 +85,11 @@ class _Completion:
                 {
                     "index": i,
                     "message": {"role": "assistant", "content": text},
-                    "logprobs": None,
+                    "logprobs": (
+                        {"content": logprobs[i], "refusal": None}
+                        if logprobs[i] is not None
+                        else None
+                    ),
                     "finish_reason": finish_reasons[i],
                 }
                 for i, text in enumerate(texts)
@@ -105,11 +120,6 @@ def _with_serving_settings(
     return messages, sampling.with_defaults(serving.default_sampling)
 
 
-def _choice_sampling(sampling: SamplingParams, index: int) -> SamplingParams:
-    # Distinct seeds keep n seeded choices reproducible but different from each other.
-    return replace(sampling, seed=sampling.seed + index) if sampling.seed is not None else sampling
-
-
 @router.post("/v1/chat/completions")
 async def create_chat_completion(body: ChatCompletionRequest, request: Request):
     state: EdgeState = request.app.state.edge
@@ -128,23 +138,21 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request):
             tracker.blocked = True
             tracker.settle()
             return _blocked_before_generation(completion, body)
-        streams = [
-            state.generation.generate(
-                access.model.name,
-                messages,
-                _choice_sampling(sampling, i),
-                completion.id,
-                state.settings.request_timeout_s,
-            )
-            for i in range(body.n)
-        ]
-        guards = [OutputGuard(moderator) for _ in streams] if moderator else None
+        deltas = state.generation.generate(
+            access.model.name,
+            messages,
+            sampling,
+            body.n,
+            completion.id,
+            state.settings.request_timeout_s,
+        )
+        guards = [OutputGuard(moderator) for _ in range(body.n)] if moderator else None
         if body.stream:
             # From here the stream's generator settles the tracker when it ends.
-            return await _stream(completion, streams, guards, body.include_usage, tracker)
+            return await _stream(completion, deltas, body, guards, tracker)
         action = access.serving.moderation.action if access.serving else ModerationAction.CUT
         response = await cancel_on_disconnect(
-            request, _collect(completion, streams, guards, action, tracker)
+            request, _collect(completion, deltas, body, guards, action, tracker)
         )
     except BaseException as error:
         tracker.settle(error)
@@ -157,7 +165,9 @@ def _blocked_before_generation(completion: _Completion, body: ChatCompletionRequ
     usage = usage_dict(0, 0)
     if not body.stream:
         return JSONResponse(
-            completion.body([""] * body.n, [CONTENT_FILTER] * body.n, usage, blocked=True)
+            completion.body(
+                [""] * body.n, [CONTENT_FILTER] * body.n, [None] * body.n, usage, blocked=True
+            )
         )
 
     async def events() -> AsyncIterator[str]:
@@ -175,80 +185,78 @@ def _blocked_before_generation(completion: _Completion, body: ChatCompletionRequ
 
 async def _collect(
     completion: _Completion,
-    streams: list[AsyncIterator[Delta]],
+    deltas: AsyncIterator[Delta],
+    body: ChatCompletionRequest,
     guards: list[OutputGuard] | None,
     action: ModerationAction,
     tracker: RequestTracker,
 ) -> JSONResponse:
-    texts = [[] for _ in streams]
-    finish: list[str | None] = [None] * len(streams)
-    merged = merge_indexed(streams)
+    texts = [[] for _ in range(body.n)]
+    logprobs: list[list[dict] | None] = [[] if body.logprobs else None for _ in range(body.n)]
+    finish: list[str | None] = [None] * body.n
     try:
-        async for index, delta in merged:
+        async for delta in deltas:
             tracker.count(delta)
             text = delta.text
             if guards:
-                text = guards[index].push(text, final=delta.finish_reason is not None)
-            texts[index].append(text)
-            if guards and guards[index].flagged:
+                text = guards[delta.index].push(text, final=delta.finish_reason is not None)
+            texts[delta.index].append(text)
+            if delta.logprobs and logprobs[delta.index] is not None:
+                logprobs[delta.index].extend(delta.logprobs)
+            if guards and guards[delta.index].flagged:
                 # Output moderation: stop every choice, report what the policy allows.
                 tracker.blocked = True
                 break
-            finish[index] = delta.finish_reason
+            finish[delta.index] = delta.finish_reason
     finally:
-        await merged.aclose()
+        await deltas.aclose()
     if tracker.blocked:
         finish = [reason or CONTENT_FILTER for reason in finish]
         if action is ModerationAction.WITHHOLD:
-            texts = [[] for _ in streams]
-    body = completion.body(
-        ["".join(parts) for parts in texts],
-        finish,
-        tracker.usage(),
-        tracker.blocked,
+            texts = [[] for _ in range(body.n)]
+    payload = completion.body(
+        ["".join(parts) for parts in texts], finish, logprobs, tracker.usage(), tracker.blocked
     )
-    return JSONResponse(body, headers={"x-request-id": completion.id})
+    return JSONResponse(payload, headers={"x-request-id": completion.id})
 
 
 async def _stream(
     completion: _Completion,
-    streams: list[AsyncIterator[Delta]],
+    deltas: AsyncIterator[Delta],
+    body: ChatCompletionRequest,
     guards: list[OutputGuard] | None,
-    include_usage: bool,
     tracker: RequestTracker,
 ) -> StreamingResponse:
-    merged = merge_indexed(streams)
-    # Wait for the first token of some choice before answering 200, so that errors found
-    # before generation starts (unknown model, prompt too long) keep their HTTP status.
+    # Wait for the first token before answering 200, so that errors found before generation
+    # starts (unknown model, prompt too long, queue full) keep their HTTP status.
     try:
-        first = await anext(merged)
+        first = await anext(deltas)
     except BaseException:
-        await merged.aclose()
+        await deltas.aclose()
         raise
-    tracker.count(first[1])
+    tracker.count(first)
 
     async def events() -> AsyncIterator[str]:
         finished = 0
         error: BaseException | None = None
         try:
             yield completion.chunk(
-                [completion.choice_delta(i, {"role": "assistant"}) for i in range(len(streams))]
+                [completion.choice_delta(i, {"role": "assistant"}) for i in range(body.n)]
             )
-            pending = [first]
-            while True:
-                if pending:
-                    index, delta = pending.pop()
-                else:
-                    try:
-                        index, delta = await anext(merged)
-                    except StopAsyncIteration:
-                        break
-                    tracker.count(delta)
+            delta: Delta | None = first
+            while delta is not None:
+                index = delta.index
                 text = delta.text
                 if guards:
                     text = guards[index].push(text, final=delta.finish_reason is not None)
-                if text:
-                    yield completion.chunk([completion.choice_delta(index, {"content": text})])
+                if text or delta.logprobs:
+                    yield completion.chunk(
+                        [
+                            completion.choice_delta(
+                                index, {"content": text} if text else {}, logprobs=delta.logprobs
+                            )
+                        ]
+                    )
                 if guards and guards[index].flagged:
                     tracker.blocked = True
                     yield completion.chunk(
@@ -259,13 +267,14 @@ async def _stream(
                     break
                 if delta.finish_reason:
                     finished += 1
-                    usage = None
-                    if finished == len(streams):
-                        usage = tracker.usage()
+                    usage = tracker.usage() if finished == body.n else None
                     yield completion.chunk(
                         [completion.choice_delta(index, {}, delta.finish_reason)], usage
                     )
-            if include_usage:
+                delta = await anext(deltas, None)
+                if delta is not None:
+                    tracker.count(delta)
+            if body.include_usage:
                 yield completion.chunk([], tracker.usage())
         except Exception as caught:  # noqa: BLE001 - reported in-band once streaming has begun
             error = caught
@@ -274,7 +283,7 @@ async def _stream(
             error = caught
             raise
         finally:
-            await merged.aclose()
+            await deltas.aclose()
             tracker.settle(error)
         yield "data: [DONE]\n\n"
 

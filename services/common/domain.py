@@ -49,6 +49,11 @@ class SamplingParams:
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     repetition_penalty: float | None = None
+    # Per-request only (never defaults): (token id, bias) pairs, stop tokens, logprobs.
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    logprobs: bool = False
+    top_logprobs: int = 0
 
     def with_defaults(self, defaults: SamplingParams) -> SamplingParams:
         """Fills every unset field from `defaults`."""
@@ -56,14 +61,13 @@ class SamplingParams:
             name: getattr(defaults, name) if getattr(self, name) is None else getattr(self, name)
             for name in _SAMPLING_FIELDS
         }
-        return SamplingParams(stop=self.stop or defaults.stop, **merged)
+        return dataclasses.replace(self, stop=self.stop or defaults.stop, **merged)
 
     def to_dict(self) -> dict:
-        """JSON-friendly form with unset fields left out."""
-        data = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
-        data["stop"] = list(self.stop)
-        if not data["stop"]:
-            del data["stop"]
+        """JSON-friendly form of the fields a default may set, unset ones left out."""
+        data = {k: getattr(self, k) for k in _SAMPLING_FIELDS if getattr(self, k) is not None}
+        if self.stop:
+            data["stop"] = list(self.stop)
         return data
 
     @classmethod
@@ -74,10 +78,22 @@ class SamplingParams:
     @classmethod
     def from_pb(cls, pb: common_pb2.SamplingParams) -> SamplingParams:
         values = {name: getattr(pb, name) for name in _SAMPLING_FIELDS if pb.HasField(name)}
-        return cls(stop=tuple(pb.stop), **values)
+        return cls(
+            stop=tuple(pb.stop),
+            logit_bias=tuple(sorted(pb.logit_bias.items())),
+            stop_token_ids=tuple(pb.stop_token_ids),
+            logprobs=pb.logprobs,
+            top_logprobs=pb.top_logprobs,
+            **values,
+        )
 
     def to_pb(self) -> common_pb2.SamplingParams:
         values = {name: getattr(self, name) for name in _SAMPLING_FIELDS}
         return common_pb2.SamplingParams(
-            stop=list(self.stop), **{k: v for k, v in values.items() if v is not None}
+            stop=list(self.stop),
+            logit_bias=dict(self.logit_bias),
+            stop_token_ids=list(self.stop_token_ids),
+            logprobs=self.logprobs,
+            top_logprobs=self.top_logprobs,
+            **{k: v for k, v in values.items() if v is not None},
         )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import prometheus_client
+
 from llmserve.generation.v1 import generation_pb2, generation_pb2_grpc
 from services.common.logs import setup_logging
 from services.common.registry_client import RegistryClient
@@ -25,7 +27,11 @@ async def serve(settings: GenerationSettings) -> None:
         settings.intra_op_threads,
         settings.max_batch_size,
         settings.max_prefill_tokens,
+        settings.max_waiting,
+        metrics_enabled=settings.metrics_port > 0,
     )
+    if settings.metrics_port:
+        prometheus_client.start_http_server(settings.metrics_port, addr=settings.host)
     for name in filter(None, (n.strip() for n in settings.preload_models.split(","))):
         await pool.get(name)
 

@@ -8,11 +8,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.common.domain import ChatMessage
+from services.common.domain import ChatMessage, SamplingParams
 from services.common.errors import ContextLengthExceeded, InvalidArgument
 from services.common.records import ModelKind, ModelRecord
 from services.generation.chat_template import ChatTemplate
 from services.generation.engine import GenerationEngine
+from services.generation.metrics import EngineMetrics
 from services.generation.onnx_model import OnnxCausalLM
 from services.generation.tokenizer import TextTokenizer
 
@@ -38,6 +39,19 @@ class LoadedModel:
             )
         return prompt, ids
 
+    def check_sampling(self, sampling: SamplingParams) -> None:
+        vocab = self.engine.model.vocab_size
+        if any(not 0 <= token < vocab for token, _ in sampling.logit_bias):
+            raise InvalidArgument(
+                f"logit_bias names a token id outside this model's vocabulary (0..{vocab - 1}).",
+                param="logit_bias",
+            )
+        if any(not 0 <= token < vocab for token in sampling.stop_token_ids):
+            raise InvalidArgument(
+                f"stop_token_ids holds an id outside the vocabulary (0..{vocab - 1}).",
+                param="stop_token_ids",
+            )
+
     def room_for(self, prompt_ids: list[int], max_tokens: int | None) -> int:
         """Tokens left for the completion; a max_tokens beyond that is an error, as in OpenAI."""
         room = self.record.context_length - len(prompt_ids)
@@ -59,12 +73,16 @@ class ModelPool:
         intra_op_threads: int,
         max_batch_size: int,
         max_prefill_tokens: int,
+        max_waiting: int = 256,
+        metrics_enabled: bool = False,
     ):
         self._lookup = lookup
         self._providers = providers
         self._intra_op_threads = intra_op_threads
         self._max_batch_size = max_batch_size
         self._max_prefill_tokens = max_prefill_tokens
+        self._max_waiting = max_waiting
+        self._metrics_enabled = metrics_enabled
         self._models: dict[str, LoadedModel] = {}
         self._loading: dict[str, asyncio.Task[LoadedModel]] = {}
 
@@ -104,6 +122,8 @@ class ModelPool:
             context_length=record.context_length,
             max_batch_size=self._max_batch_size,
             max_prefill_tokens=self._max_prefill_tokens,
+            max_waiting=self._max_waiting,
+            metrics=EngineMetrics(record.name if self._metrics_enabled else None),
         )
         logger.info("loaded %s on %s", record.name, model.provider)
         return LoadedModel(

@@ -52,6 +52,7 @@ class OnnxCausalLM:
         self._output_names = ["logits"] + [
             name.replace("past_key_values", "present") for name in self._past_names
         ]
+        self.vocab_size = self.session.get_outputs()[0].shape[-1]
         self._uses_position_ids = any(i.name == "position_ids" for i in self.session.get_inputs())
 
     def empty_cache(self, batch_size: int) -> list[np.ndarray]:

@@ -10,6 +10,8 @@ import numpy as np
 from services.common.domain import SamplingParams
 from services.common.errors import InvalidArgument
 
+MAX_TOP_LOGPROBS = 20
+
 # Used where neither the request, the serving nor the model sets a value (OpenAI's defaults).
 PLATFORM_DEFAULTS = SamplingParams(
     temperature=1.0,
@@ -34,6 +36,10 @@ class ResolvedSampling:
     presence_penalty: float
     frequency_penalty: float
     repetition_penalty: float
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    stop_token_ids: frozenset[int] = frozenset()
+    logprobs: bool = False
+    top_logprobs: int = 0
 
     @classmethod
     def resolve(cls, params: SamplingParams, max_new_tokens: int) -> ResolvedSampling:
@@ -54,6 +60,18 @@ class ResolvedSampling:
             )
         if p.max_tokens is not None and p.max_tokens < 1:
             raise InvalidArgument("max_tokens must be at least 1.", param="max_tokens")
+        if any(not -100.0 <= bias <= 100.0 for _, bias in p.logit_bias):
+            raise InvalidArgument(
+                "logit_bias values must be between -100 and 100.", param="logit_bias"
+            )
+        if not 0 <= p.top_logprobs <= MAX_TOP_LOGPROBS:
+            raise InvalidArgument(
+                f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}.", param="top_logprobs"
+            )
+        if p.top_logprobs and not p.logprobs:
+            raise InvalidArgument(
+                "top_logprobs requires logprobs to be true.", param="top_logprobs"
+            )
         return cls(
             temperature=p.temperature,
             top_p=p.top_p,
@@ -64,6 +82,10 @@ class ResolvedSampling:
             presence_penalty=p.presence_penalty,
             frequency_penalty=p.frequency_penalty,
             repetition_penalty=p.repetition_penalty,
+            logit_bias=p.logit_bias,
+            stop_token_ids=frozenset(p.stop_token_ids),
+            logprobs=p.logprobs,
+            top_logprobs=p.top_logprobs,
         )
 
     @property
@@ -79,6 +101,8 @@ class Sampler:
         self._rng = np.random.default_rng(params.seed)
         self._prompt_ids = np.asarray(prompt_ids, dtype=np.int64)
         self._generated: list[int] = []
+        self._bias_ids = np.array([t for t, _ in params.logit_bias], dtype=np.int64)
+        self._bias_values = np.array([b for _, b in params.logit_bias], dtype=np.float32)
 
     def next_token(self, logits: np.ndarray) -> int:
         p = self._params
@@ -92,16 +116,20 @@ class Sampler:
 
     def _apply_penalties(self, logits: np.ndarray) -> np.ndarray:
         p = self._params
+        penalize_counts = bool(self._generated) and (p.presence_penalty or p.frequency_penalty)
+        if not (self._bias_ids.size or p.repetition_penalty != 1.0 or penalize_counts):
+            return logits
+        logits = logits.copy()
+        if self._bias_ids.size:
+            logits[self._bias_ids] += self._bias_values
         if p.repetition_penalty != 1.0:
             seen = np.unique(np.concatenate([self._prompt_ids, self._generated]).astype(np.int64))
-            logits = logits.copy()
             values = logits[seen]
             logits[seen] = np.where(
                 values > 0, values / p.repetition_penalty, values * p.repetition_penalty
             )
-        if self._generated and (p.presence_penalty or p.frequency_penalty):
+        if penalize_counts:
             tokens, counts = np.unique(np.asarray(self._generated), return_counts=True)
-            logits = logits.copy() if p.repetition_penalty == 1.0 else logits
             logits[tokens] -= p.frequency_penalty * counts + p.presence_penalty
         return logits
 
@@ -123,3 +151,17 @@ class Sampler:
         index = int(np.searchsorted(np.cumsum(probs), self._rng.random() * probs.sum()))
         index = min(index, probs.shape[0] - 1)
         return int(candidates[index]) if candidates is not None else index
+
+
+def token_logprobs(
+    logits: np.ndarray, token: int, top_n: int
+) -> tuple[float, list[tuple[int, float]]]:
+    """Log probability of `token` and the `top_n` likeliest tokens, under the raw logits."""
+    shifted = logits.astype(np.float64) - float(logits.max())
+    log_norm = float(np.log(np.exp(shifted).sum()))
+    top: list[tuple[int, float]] = []
+    if top_n:
+        candidates = np.argpartition(shifted, -top_n)[-top_n:]
+        candidates = candidates[np.argsort(shifted[candidates])[::-1]]
+        top = [(int(i), float(shifted[i] - log_norm)) for i in candidates]
+    return float(shifted[token] - log_norm), top

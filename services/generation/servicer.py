@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 from llmserve.common.v1 import common_pb2
 from llmserve.generation.v1 import generation_pb2, generation_pb2_grpc
@@ -13,6 +14,7 @@ from services.generation.engine import FinishReason
 from services.generation.model_pool import ModelPool
 from services.generation.sampler import ResolvedSampling
 
+MAX_N = 16
 _FINISH_REASONS = {
     FinishReason.STOP: generation_pb2.FINISH_REASON_STOP,
     FinishReason.LENGTH: generation_pb2.FINISH_REASON_LENGTH,
@@ -39,18 +41,42 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
         sampling = SamplingParams.from_pb(request.sampling).with_defaults(
             model.record.default_sampling
         )
+        model.check_sampling(sampling)
         room = model.room_for(prompt_ids, sampling.max_tokens)
-        params = ResolvedSampling.resolve(sampling, room)
+        base = ResolvedSampling.resolve(sampling, room)
+        count = request.n or 1
+        if count > MAX_N:
+            raise InvalidArgument(f"n must be at most {MAX_N}.", param="n")
+        # Completion i of a seeded request uses seed + i: reproducible, yet distinct.
+        params = [replace(base, seed=base.seed + i) for i in range(count)]
+        usage = common_pb2.Usage(prompt_tokens=len(prompt_ids))
         async for event in model.engine.generate(prompt_ids, params):
             response = generation_pb2.GenerateResponse(
+                index=event.index,
                 text=event.text,
                 token_ids=event.token_ids,
-                usage=common_pb2.Usage(prompt_tokens=len(prompt_ids)),
+                usage=usage,
+                logprobs=[self._logprob_pb(model, lp) for lp in event.logprobs],
             )
             if event.finish_reason is not None:
                 response.finish_reason = _FINISH_REASONS[event.finish_reason]
                 response.usage.completion_tokens = event.completion_tokens
             yield response
+
+    @staticmethod
+    def _logprob_pb(model, logprob) -> generation_pb2.TokenLogprob:
+        def text(token_id: int) -> tuple[str, bytes]:
+            piece = model.tokenizer.token_bytes(token_id)
+            return piece.decode("utf-8", errors="replace"), piece
+
+        token, raw = text(logprob.token_id)
+        top = []
+        for token_id, value in logprob.top:
+            alt, alt_raw = text(token_id)
+            top.append(generation_pb2.TopLogprob(token=alt, logprob=value, bytes=alt_raw))
+        return generation_pb2.TokenLogprob(
+            token=token, logprob=logprob.logprob, bytes=raw, top_logprobs=top
+        )
 
     @rpc_method
     async def Tokenize(self, request, context):

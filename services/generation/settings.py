@@ -20,5 +20,9 @@ class GenerationSettings(ServiceSettings):
     max_batch_size: int = 16
     # Padded prompt tokens prefilled together in one step (bounds prefill memory).
     max_prefill_tokens: int = 2048
+    # Requests waiting for the batch; past this, Generate answers RESOURCE_EXHAUSTED (429).
+    max_waiting: int = 256
+    # Prometheus metrics on this HTTP port (/metrics); 0 turns them off.
+    metrics_port: int = 0
     # Models loaded at start, comma separated; others load on first request.
     preload_models: str = ""

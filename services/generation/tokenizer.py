@@ -19,9 +19,24 @@ def _token_text(value) -> str:
     return value or ""
 
 
+def _byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level BPE alphabet: printable stand-in character -> the byte it encodes."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    printable += range(ord("®"), ord("ÿ") + 1)
+    stand_ins = dict(zip(printable, printable, strict=True))
+    extra = 0
+    for byte in range(256):
+        if byte not in stand_ins:
+            stand_ins[byte] = 256 + extra
+            extra += 1
+    return {chr(char): byte for byte, char in stand_ins.items()}
+
+
 class TextTokenizer:
     def __init__(self, artifact_dir: Path):
-        self._tokenizer = Tokenizer.from_file(str(artifact_dir / "tokenizer.json"))
+        tokenizer_json = (artifact_dir / "tokenizer.json").read_text()
+        self._tokenizer = Tokenizer.from_str(tokenizer_json)
+        self._byte_level = _byte_level_alphabet() if '"ByteLevel"' in tokenizer_json else None
         config_path = artifact_dir / "tokenizer_config.json"
         config = json.loads(config_path.read_text()) if config_path.exists() else {}
         self.bos_token = _token_text(config.get("bos_token"))
@@ -47,6 +62,13 @@ class TextTokenizer:
 
     def decode(self, token_ids: list[int]) -> str:
         return self._tokenizer.decode(token_ids, skip_special_tokens=True)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The raw bytes one token stands for (part of a character, for some tokens)."""
+        piece = self._tokenizer.id_to_token(token_id) or ""
+        if self._byte_level and all(char in self._byte_level for char in piece):
+            return bytes(self._byte_level[char] for char in piece)
+        return self._tokenizer.decode([token_id], skip_special_tokens=False).encode()
 
 
 class IncrementalDetokenizer:
