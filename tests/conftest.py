@@ -140,6 +140,7 @@ def stack(tmp_path_factory, chat_model) -> RunningStack:
         "REGISTRY_DB_PATH": str(data / "registry.db"),
         "REGISTRY_PORT": str(free_port()),
         "GENERATION_PORT": str(free_port()),
+        "GENERATION_METRICS_PORT": str(free_port()),
         "EDGE_PORT": str(edge_port),
         "REGISTRY_DEV_KEY_PATH": str(data / "dev-api-key"),
         "EDGE_ADMIN_TOKEN": "test-admin-token",

@@ -286,3 +286,77 @@ def test_n_choices_are_distinct_under_sampling_and_reproducible_with_seed(client
     first = choices(7)
     assert len(set(first)) > 1
     assert choices(7) == first
+
+
+def test_logprobs_in_openai_shape_stream_and_not(client):
+    completion = client.chat.completions.create(
+        model=DEFAULT_CHAT_MODEL,
+        messages=CAPITAL,
+        temperature=0,
+        max_tokens=5,
+        logprobs=True,
+        top_logprobs=2,
+    )
+    content = completion.choices[0].logprobs.content
+    assert len(content) == completion.usage.completion_tokens
+    assert "".join(entry.token for entry in content).startswith("The capital")
+    assert all(entry.logprob <= 0 and len(entry.top_logprobs) == 2 for entry in content)
+    assert bytes(content[1].bytes).decode() == content[1].token
+
+    chunks = list(
+        client.chat.completions.create(
+            model=DEFAULT_CHAT_MODEL,
+            messages=CAPITAL,
+            temperature=0,
+            max_tokens=5,
+            logprobs=True,
+            stream=True,
+        )
+    )
+    streamed = [
+        e
+        for c in chunks
+        if c.choices and c.choices[0].logprobs
+        for e in c.choices[0].logprobs.content
+    ]
+    assert [e.token for e in streamed] == [e.token for e in content]
+
+
+def test_logit_bias_through_the_sdk(client):
+    completion = client.chat.completions.create(
+        model=DEFAULT_CHAT_MODEL,
+        messages=CAPITAL,
+        temperature=0,
+        max_tokens=8,
+        logit_bias={"7042": -100},
+    )
+    assert "Paris" not in completion.choices[0].message.content
+
+
+def test_top_logprobs_without_logprobs_is_400(stack):
+    response = requests.post(
+        f"{stack.base_url}/v1/chat/completions",
+        json={"model": DEFAULT_CHAT_MODEL, "messages": CAPITAL, "top_logprobs": 2},
+        headers=stack.headers,
+        timeout=10,
+    )
+    assert response.status_code == 400
+    assert "top_logprobs" in response.json()["error"]["message"]
+
+
+def test_generation_metrics_are_exported(stack, client):
+    client.chat.completions.create(model=DEFAULT_CHAT_MODEL, messages=CAPITAL, max_tokens=2)
+    metrics = requests.get(
+        f"http://127.0.0.1:{stack.env['GENERATION_METRICS_PORT']}/metrics", timeout=10
+    ).text
+    for name in (
+        "llmserve_generation_time_to_first_token_seconds_bucket",
+        "llmserve_generation_inter_token_latency_seconds_bucket",
+        "llmserve_generation_queue_time_seconds_bucket",
+        "llmserve_generation_batch_size_bucket",
+        "llmserve_generation_running_sequences",
+        "llmserve_generation_waiting_sequences",
+        "llmserve_generation_prompt_tokens_total",
+        "llmserve_generation_generated_tokens_total",
+    ):
+        assert f"{name}{{" in metrics and f'model="{DEFAULT_CHAT_MODEL}"' in metrics, name
