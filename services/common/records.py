@@ -10,6 +10,9 @@ from llmserve.common.v1 import common_pb2
 from llmserve.registry.v1 import registry_pb2
 from services.common.domain import SamplingParams
 
+# Weight variants of an exported chat model inside its artifact directory.
+CHAT_MODEL_FILES = {"fp32": "model.onnx", "int4": "model.int4.onnx"}
+
 
 class ModelKind(enum.IntEnum):
     CHAT = registry_pb2.MODEL_KIND_CHAT

@@ -29,6 +29,7 @@ async def serve(settings: GenerationSettings) -> None:
         settings.max_prefill_tokens,
         settings.max_waiting,
         metrics_enabled=settings.metrics_port > 0,
+        weights=settings.weights,
     )
     if settings.metrics_port:
         prometheus_client.start_http_server(settings.metrics_port, addr=settings.host)

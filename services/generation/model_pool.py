@@ -10,7 +10,7 @@ from pathlib import Path
 
 from services.common.domain import ChatMessage, SamplingParams
 from services.common.errors import ContextLengthExceeded, InvalidArgument
-from services.common.records import ModelKind, ModelRecord
+from services.common.records import CHAT_MODEL_FILES, ModelKind, ModelRecord
 from services.generation.chat_template import ChatTemplate
 from services.generation.engine import GenerationEngine
 from services.generation.metrics import EngineMetrics
@@ -75,6 +75,7 @@ class ModelPool:
         max_prefill_tokens: int,
         max_waiting: int = 256,
         metrics_enabled: bool = False,
+        weights: str = "fp32",
     ):
         self._lookup = lookup
         self._providers = providers
@@ -83,6 +84,7 @@ class ModelPool:
         self._max_prefill_tokens = max_prefill_tokens
         self._max_waiting = max_waiting
         self._metrics_enabled = metrics_enabled
+        self._weights = weights
         self._models: dict[str, LoadedModel] = {}
         self._loading: dict[str, asyncio.Task[LoadedModel]] = {}
 
@@ -115,7 +117,8 @@ class ModelPool:
     def _build(self, record: ModelRecord) -> LoadedModel:
         artifact_dir = Path(record.artifact_dir)
         tokenizer = TextTokenizer(artifact_dir)
-        model = OnnxCausalLM(artifact_dir / "model.onnx", self._providers, self._intra_op_threads)
+        model_path = artifact_dir / CHAT_MODEL_FILES[self._weights]
+        model = OnnxCausalLM(model_path, self._providers, self._intra_op_threads)
         engine = GenerationEngine(
             model,
             tokenizer,
@@ -125,7 +128,7 @@ class ModelPool:
             max_waiting=self._max_waiting,
             metrics=EngineMetrics(record.name if self._metrics_enabled else None),
         )
-        logger.info("loaded %s on %s", record.name, model.provider)
+        logger.info("loaded %s (%s) on %s", record.name, model_path.name, model.provider)
         return LoadedModel(
             record, tokenizer, ChatTemplate(record.chat_template, tokenizer.special_tokens), engine
         )

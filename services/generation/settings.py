@@ -14,6 +14,8 @@ class GenerationSettings(ServiceSettings):
     registry_addr: str = "127.0.0.1:50051"
     # `cuda` uses ONNX Runtime's CUDA execution provider when installed, else falls back to CPU.
     device: Literal["cpu", "cuda"] = "cpu"
+    # Weight variant of chat models: int4 (MatMulNBits) or fp32; see docs/benchmarks.
+    weights: Literal["fp32", "int4"] = "int4"
     # ONNX Runtime intra-op threads; 0 lets ONNX Runtime use every core.
     intra_op_threads: int = 0
     # Sequences decoded together in one step.

@@ -14,16 +14,17 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from services.common.records import ModelKind, SourceFormat
+from services.common.records import CHAT_MODEL_FILES, ModelKind, SourceFormat
 
 PROGRESS_PREFIX = "@@progress "
 # Bump when the export recipe changes: it is part of the cache key.
-EXPORT_RECIPE = "optimum-onnx-0.1.0/fp32/1"
+EXPORT_RECIPE = "optimum-onnx-0.1.0/fp32+int4/last-position-logits/2"
 ONNX_TASKS = {
     ModelKind.CHAT: "text-generation-with-past",
     ModelKind.EMBEDDING: "feature-extraction",
 }
 CHATML_END = "<|im_end|>"
+
 
 Progress = Callable[[str, float], None]
 
@@ -50,6 +51,19 @@ def _gguf_to_checkpoint(gguf: Path, out: Path, progress: Progress) -> Path:
     return out
 
 
+def _write_variants(onnx_dir: Path, progress: Progress) -> None:
+    """fp32 with last-position logits as model.onnx, and its int4-weight twin."""
+    import onnx
+
+    from services.registry.graph import last_position_logits, quantize_int4, save
+
+    progress("slicing logits to the last position", 0.8)
+    model = last_position_logits(onnx.load(onnx_dir / CHAT_MODEL_FILES["fp32"]))
+    save(model, onnx_dir / CHAT_MODEL_FILES["fp32"])
+    progress("quantizing weights to int4", 0.9)
+    save(quantize_int4(model), onnx_dir / CHAT_MODEL_FILES["int4"])
+
+
 def export(
     source: Path, source_format: SourceFormat, kind: ModelKind, out: Path, progress: Progress
 ):
@@ -70,6 +84,8 @@ def export(
             task=ONNX_TASKS[kind],
             local_files_only=True,
         )
+        if kind is ModelKind.CHAT:
+            _write_variants(onnx_dir, progress)
         # optimum copies tokenizer files but not a separate chat_template.jinja.
         for extra in ("chat_template.jinja", "generation_config.json"):
             if (checkpoint / extra).exists() and not (onnx_dir / extra).exists():
