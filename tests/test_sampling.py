@@ -164,3 +164,15 @@ async def test_full_queue_is_resource_exhausted(loaded_chat_model):
         await waiting.aclose()
     finally:
         small.close()
+
+
+async def test_ignore_eos_generates_exactly_max_tokens(loaded_chat_model):
+    engine = loaded_chat_model.engine
+    ids = prompt(loaded_chat_model, CAPITAL)
+    [(_, stopped, _)] = await complete(engine, ids, [resolve(temperature=0.0, max_tokens=40)])
+    assert len(stopped) < 40  # the answer ends with end-of-sequence...
+    [(_, tokens, events)] = await complete(
+        engine, ids, [resolve(temperature=0.0, max_tokens=40, ignore_eos=True)]
+    )
+    assert len(tokens) == 40  # ...unless told to keep going.
+    assert events[-1].finish_reason is FinishReason.LENGTH

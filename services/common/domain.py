@@ -54,6 +54,7 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     logprobs: bool = False
     top_logprobs: int = 0
+    ignore_eos: bool = False
 
     def with_defaults(self, defaults: SamplingParams) -> SamplingParams:
         """Fills every unset field from `defaults`."""
@@ -84,6 +85,7 @@ class SamplingParams:
             stop_token_ids=tuple(pb.stop_token_ids),
             logprobs=pb.logprobs,
             top_logprobs=pb.top_logprobs,
+            ignore_eos=pb.ignore_eos,
             **values,
         )
 
@@ -95,5 +97,6 @@ class SamplingParams:
             stop_token_ids=list(self.stop_token_ids),
             logprobs=self.logprobs,
             top_logprobs=self.top_logprobs,
+            ignore_eos=self.ignore_eos,
             **{k: v for k, v in values.items() if v is not None},
         )

@@ -102,7 +102,8 @@ class _Sequence:
             logprobs = [TokenLogprob(token, logprob, top)]
         finish = None
         text = ""
-        if token in eos_ids or token in self.params.stop_token_ids:
+        ends = token in self.params.stop_token_ids
+        if ends or (token in eos_ids and not self.params.ignore_eos):
             finish = FinishReason.STOP
         else:
             text, stopped = self.stop_matcher.push(self.detokenizer.push(token))

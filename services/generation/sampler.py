@@ -40,6 +40,7 @@ class ResolvedSampling:
     stop_token_ids: frozenset[int] = frozenset()
     logprobs: bool = False
     top_logprobs: int = 0
+    ignore_eos: bool = False
 
     @classmethod
     def resolve(cls, params: SamplingParams, max_new_tokens: int) -> ResolvedSampling:
@@ -86,6 +87,7 @@ class ResolvedSampling:
             stop_token_ids=frozenset(p.stop_token_ids),
             logprobs=p.logprobs,
             top_logprobs=p.top_logprobs,
+            ignore_eos=p.ignore_eos,
         )
 
     @property
