@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, FastAPI
 from edge.auth import authenticate
 from edge.body_limit import BodyLimitMiddleware
 from edge.errors import install_error_handlers
+from edge.metrics import MetricsMiddleware, metrics_router
 from edge.routes import admin, chat, models
 from edge.settings import EdgeSettings
 from edge.state import EdgeState
@@ -28,6 +29,7 @@ def build_app(settings: EdgeSettings) -> FastAPI:
     app = FastAPI(title="llmserve", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware)
 
     api = APIRouter(dependencies=[Depends(authenticate)])
     api.include_router(chat.router)
@@ -36,6 +38,7 @@ def build_app(settings: EdgeSettings) -> FastAPI:
     # The enterprise gateway's per-serving routes: the serving decides the model.
     app.include_router(api, prefix=SERVING_PREFIX)
     app.include_router(admin.router)
+    app.include_router(metrics_router(public=settings.metrics_public))
 
     @app.get("/health")
     async def health() -> dict:

@@ -22,6 +22,8 @@ class EdgeSettings(BaseSettings):
     auth_enabled: bool = True
     # How long a verified key is trusted before asking the registry again (revocation delay).
     key_cache_ttl_s: float = 5.0
+    # Serve /metrics without an API key (for a scraper inside a trusted network).
+    metrics_public: bool = False
     # Bearer token of the /admin API; the admin API is off without one.
     admin_token: SecretStr | None = None
     # Larger request bodies are refused with 413.

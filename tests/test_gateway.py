@@ -360,3 +360,11 @@ def test_usage_survives_kill_9_of_the_registry_under_load(stack, admin):
     assert "usage write failed" in stack.log()
     assert f"started registry (pid {registry_pid})" in stack.log()
     assert stack.log().count("started registry (pid") >= 2
+
+
+def test_edge_metrics_need_a_key_and_count_requests(stack):
+    assert requests.get(f"{stack.base_url}/metrics", timeout=10).status_code == 401
+    requests.get(f"{stack.base_url}/v1/models", headers=stack.headers, timeout=10)
+    metrics = requests.get(f"{stack.base_url}/metrics", headers=stack.headers, timeout=10).text
+    assert 'llmserve_edge_requests_total{route="/v1/models",status="200"}' in metrics
+    assert "llmserve_edge_request_seconds_bucket" in metrics
