@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from edge.errors import install_error_handlers
-from edge.routes import chat, models
+from edge.routes import chat, embeddings, models
 from edge.settings import EdgeSettings
 from edge.state import EdgeState
 
@@ -25,6 +25,7 @@ def build_app(settings: EdgeSettings) -> FastAPI:
     install_error_handlers(app)
     app.include_router(chat.router)
     app.include_router(models.router)
+    app.include_router(embeddings.router)
 
     @app.get("/health")
     async def health() -> dict:

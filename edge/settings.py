@@ -13,6 +13,8 @@ class EdgeSettings(BaseSettings):
     log_level: str = "INFO"
     registry_addr: str = "127.0.0.1:50051"
     generation_addr: str = "127.0.0.1:50052"
+    embedding_addr: str = "127.0.0.1:50053"
+    retrieval_addr: str = "127.0.0.1:50054"
     # How long the model list from the registry is reused before asking again.
     model_cache_ttl_s: float = 5.0
     # Upper bound on one chat completion, streaming included.

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from edge.generation_client import GenerationClient
 from edge.model_catalog import ModelCatalog
 from edge.settings import EdgeSettings
+from services.common.embedding_client import EmbeddingClient
 from services.common.registry_client import RegistryClient
 
 
@@ -16,6 +17,7 @@ class EdgeState:
     registry: RegistryClient
     generation: GenerationClient
     catalog: ModelCatalog
+    embedding: EmbeddingClient
 
     @classmethod
     def connect(cls, settings: EdgeSettings) -> EdgeState:
@@ -25,8 +27,10 @@ class EdgeState:
             registry=registry,
             generation=GenerationClient(settings.generation_addr),
             catalog=ModelCatalog(registry, settings.model_cache_ttl_s),
+            embedding=EmbeddingClient(settings.embedding_addr),
         )
 
     async def close(self) -> None:
         await self.generation.close()
+        await self.embedding.close()
         await self.registry.close()

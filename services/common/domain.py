@@ -81,3 +81,12 @@ class SamplingParams:
         return common_pb2.SamplingParams(
             stop=list(self.stop), **{k: v for k, v in values.items() if v is not None}
         )
+
+
+@dataclass(frozen=True)
+class TokenSpans:
+    """Content tokens of a text (no special tokens) and the characters each covers."""
+
+    ids: list[int]
+    starts: list[int]
+    ends: list[int]

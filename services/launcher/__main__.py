@@ -1,8 +1,10 @@
 """Starts the whole stack locally as separate processes: python -m services.launcher (make run).
 
-Registry first (it imports the default model on first start), then generation, then the edge;
-each must be healthy before the next starts. Ctrl-C or SIGTERM stops them in reverse order.
-Ports come from the services' own settings: REGISTRY_PORT, GENERATION_PORT, EDGE_PORT.
+Registry first (it imports the default models on first start), then generation and embedding
+together, then retrieval (it embeds through the embedding service), then the edge; each waits
+for the services it needs to be healthy. Ctrl-C or SIGTERM stops them in reverse order.
+Ports come from the services' own settings: REGISTRY_PORT, GENERATION_PORT, EMBEDDING_PORT,
+RETRIEVAL_PORT, EDGE_PORT.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from edge.settings import EdgeSettings
 from services.common.logs import setup_logging
+from services.embedding.settings import EmbeddingSettings
 from services.generation.settings import GenerationSettings
-from services.registry.defaults import DEFAULT_CHAT_MODEL
+from services.registry.defaults import DEFAULT_CHAT_MODEL, DEFAULT_EMBEDDING_MODEL
 from services.registry.settings import RegistrySettings
 
 logger = logging.getLogger("launcher")
@@ -99,9 +102,11 @@ def main() -> None:
     setup_logging("INFO", "launcher")
     registry = RegistrySettings()
     generation = GenerationSettings()
+    embedding = EmbeddingSettings()
     edge = EdgeSettings()
     registry_addr = f"{registry.host}:{registry.port}"
     generation_addr = f"{generation.host}:{generation.port}"
+    embedding_addr = f"{embedding.host}:{embedding.port}"
 
     stack = Stack()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -109,7 +114,7 @@ def main() -> None:
     try:
         child = stack.start("registry", "services.registry", {})
         stack.wait_until("registry", child, grpc_healthy(registry_addr), REGISTRY_START_TIMEOUT_S)
-        child = stack.start(
+        generation_child = stack.start(
             "generation",
             "services.generation",
             {
@@ -117,13 +122,28 @@ def main() -> None:
                 "GENERATION_PRELOAD_MODELS": generation.preload_models or DEFAULT_CHAT_MODEL,
             },
         )
+        embedding_child = stack.start(
+            "embedding",
+            "services.embedding",
+            {
+                "EMBEDDING_REGISTRY_ADDR": registry_addr,
+                "EMBEDDING_PRELOAD_MODELS": embedding.preload_models or DEFAULT_EMBEDDING_MODEL,
+            },
+        )
         stack.wait_until(
-            "generation", child, grpc_healthy(generation_addr), SERVICE_START_TIMEOUT_S
+            "generation", generation_child, grpc_healthy(generation_addr), SERVICE_START_TIMEOUT_S
+        )
+        stack.wait_until(
+            "embedding", embedding_child, grpc_healthy(embedding_addr), SERVICE_START_TIMEOUT_S
         )
         child = stack.start(
             "edge",
             "edge",
-            {"EDGE_REGISTRY_ADDR": registry_addr, "EDGE_GENERATION_ADDR": generation_addr},
+            {
+                "EDGE_REGISTRY_ADDR": registry_addr,
+                "EDGE_GENERATION_ADDR": generation_addr,
+                "EDGE_EMBEDDING_ADDR": embedding_addr,
+            },
         )
         base = f"http://{edge.host}:{edge.port}"
         stack.wait_until("edge", child, http_healthy(f"{base}/health"), SERVICE_START_TIMEOUT_S)
