@@ -33,8 +33,8 @@ test: setup
 	$(PY) -m pytest -q
 
 lint: setup
-	$(PY) -m ruff check services edge tests
-	$(PY) -m ruff format --check services edge tests
+	$(PY) -m ruff check services edge tests bench
+	$(PY) -m ruff format --check services edge tests bench
 
 clean:
 	rm -rf llmserve $(VENV)

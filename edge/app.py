@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from edge.errors import install_error_handlers
-from edge.routes import chat, embeddings, models
+from edge.routes import chat, documents, embeddings, info, models, retrieval
 from edge.settings import EdgeSettings
 from edge.state import EdgeState
 
@@ -26,6 +26,12 @@ def build_app(settings: EdgeSettings) -> FastAPI:
     app.include_router(chat.router)
     app.include_router(models.router)
     app.include_router(embeddings.router)
+    app.include_router(retrieval.router)
+    app.include_router(documents.router)
+    app.include_router(info.router)
+    # Grounded chat reads the serving's RAG collection here; issue 5 serves every route
+    # under this prefix with the serving's auth and model.
+    app.include_router(chat.router, prefix="/api/gateway/rep/serving/{serving_id}")
 
     @app.get("/health")
     async def health() -> dict:

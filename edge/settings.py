@@ -17,5 +17,7 @@ class EdgeSettings(BaseSettings):
     retrieval_addr: str = "127.0.0.1:50054"
     # How long the model list from the registry is reused before asking again.
     model_cache_ttl_s: float = 5.0
+    # Upper bound on retrieving context for one grounded chat request.
+    rag_timeout_s: float = 30.0
     # Upper bound on one chat completion, streaming included.
     request_timeout_s: float = 600.0

@@ -153,6 +153,35 @@ async def embedding_server(registry_server):
     await registry.close()
 
 
+@pytest.fixture(scope="session")
+async def retrieval_server(tmp_path_factory, embedding_server):
+    """A retrieval server on the embedded store in a fresh directory; yields (address, core)."""
+    from llmserve.retrieval.v1 import retrieval_pb2, retrieval_pb2_grpc
+    from services.common.embedding_client import EmbeddingClient
+    from services.common.rpc import service_name
+    from services.retrieval.core import RetrievalCore
+    from services.retrieval.embedded_store import EmbeddedStore
+    from services.retrieval.files import FileStore
+    from services.retrieval.servicer import RetrievalServicer
+
+    data = tmp_path_factory.mktemp("retrieval")
+    store = EmbeddedStore(data / "vectors.db")
+    files = FileStore(data)
+    embedding = EmbeddingClient(embedding_server[0])
+    core = RetrievalCore(store, files, embedding)
+
+    def register(server):
+        retrieval_pb2_grpc.add_RetrievalServiceServicer_to_server(RetrievalServicer(core), server)
+        return [service_name(retrieval_pb2, "RetrievalService")]
+
+    server = await start_server("127.0.0.1:0", register)
+    yield f"127.0.0.1:{server.port}", core
+    await server.stop(0)
+    await embedding.close()
+    files.close()
+    store.close()
+
+
 class RunningStack:
     def __init__(self, process: subprocess.Popen, base_url: str, log_path: Path, env: dict):
         self.process = process
@@ -175,6 +204,8 @@ def stack(tmp_path_factory, chat_model, embedding_model) -> RunningStack:
         "REGISTRY_PORT": str(free_port()),
         "GENERATION_PORT": str(free_port()),
         "EMBEDDING_PORT": str(free_port()),
+        "RETRIEVAL_PORT": str(free_port()),
+        "RETRIEVAL_DATA_DIR": str(data / "retrieval"),
         "EDGE_PORT": str(edge_port),
     }
     log_path = data / "stack.log"

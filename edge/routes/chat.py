@@ -81,6 +81,9 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request):
     model = await state.catalog.resolve(body.model, ModelKind.CHAT)
     completion = _Completion(f"chatcmpl-{uuid.uuid4().hex}", model.name)
     request_id_var.set(completion.id)
+    messages = await state.grounding.ground(
+        body, model.name, messages, request.path_params.get("serving_id")
+    )
     sampling = body.to_sampling_params()
     streams = [
         state.generation.generate(

@@ -27,6 +27,7 @@ from services.embedding.settings import EmbeddingSettings
 from services.generation.settings import GenerationSettings
 from services.registry.defaults import DEFAULT_CHAT_MODEL, DEFAULT_EMBEDDING_MODEL
 from services.registry.settings import RegistrySettings
+from services.retrieval.settings import RetrievalSettings
 
 logger = logging.getLogger("launcher")
 
@@ -103,10 +104,12 @@ def main() -> None:
     registry = RegistrySettings()
     generation = GenerationSettings()
     embedding = EmbeddingSettings()
+    retrieval = RetrievalSettings()
     edge = EdgeSettings()
     registry_addr = f"{registry.host}:{registry.port}"
     generation_addr = f"{generation.host}:{generation.port}"
     embedding_addr = f"{embedding.host}:{embedding.port}"
+    retrieval_addr = f"{retrieval.host}:{retrieval.port}"
 
     stack = Stack()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -137,12 +140,17 @@ def main() -> None:
             "embedding", embedding_child, grpc_healthy(embedding_addr), SERVICE_START_TIMEOUT_S
         )
         child = stack.start(
+            "retrieval", "services.retrieval", {"RETRIEVAL_EMBEDDING_ADDR": embedding_addr}
+        )
+        stack.wait_until("retrieval", child, grpc_healthy(retrieval_addr), SERVICE_START_TIMEOUT_S)
+        child = stack.start(
             "edge",
             "edge",
             {
                 "EDGE_REGISTRY_ADDR": registry_addr,
                 "EDGE_GENERATION_ADDR": generation_addr,
                 "EDGE_EMBEDDING_ADDR": embedding_addr,
+                "EDGE_RETRIEVAL_ADDR": retrieval_addr,
             },
         )
         base = f"http://{edge.host}:{edge.port}"
