@@ -12,7 +12,7 @@ from llmserve.embedding.v1 import embedding_pb2, embedding_pb2_grpc
 from services.common.errors import ERROR_CODE_KEY, InvalidArgument
 from services.common.onnx_runtime import select_providers
 from services.embedding.batcher import plan_batches
-from services.embedding.embedder import Embedder
+from services.embedding.embedder import BatcherConfig, Embedder
 from services.registry.defaults import (
     DEFAULT_CHAT_MODEL,
     DEFAULT_EMBEDDING_MODEL,
@@ -42,7 +42,8 @@ def embedder(embedding_model, chat_model):
     async def lookup(name):
         return records[name]
 
-    embedder = Embedder(lookup, select_providers("cpu"), matryoshka_models=frozenset())
+    # Two workers, so batches are split into passes that run side by side.
+    embedder = Embedder(lookup, select_providers("cpu"), 1, BatcherConfig(workers=2))
     yield embedder
     embedder.close()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 from llmserve.embedding.v1 import embedding_pb2, embedding_pb2_grpc
 from services.common.logs import setup_logging
@@ -25,7 +26,10 @@ async def serve(settings: EmbeddingSettings) -> None:
         select_providers(settings.device),
         settings.intra_op_threads,
         BatcherConfig(
-            settings.max_batch_size, settings.max_batch_tokens, settings.max_wait_ms / 1000
+            settings.max_batch_size,
+            settings.max_batch_tokens,
+            settings.max_wait_ms / 1000,
+            settings.workers or os.cpu_count() or 1,
         ),
         truncate=settings.overlong_inputs == "truncate",
         matryoshka_models=frozenset(split_names(settings.matryoshka_models)),

@@ -2,8 +2,10 @@
 
 A single worker thread per model takes waiting inputs (from any number of requests), waits a
 moment for more while the batch is not full, sorts them by length so padding stays small,
-and runs forward passes bounded by a padded-token budget. The event loop only queues inputs
-and awaits their futures, so no ONNX Runtime call ever runs on it.
+and splits them into forward passes bounded by a padded-token budget, spread over `workers`
+threads that share the session (on CPU, passes side by side on one thread each use the cores
+better than one pass over several threads). The event loop only queues inputs and awaits
+their futures, so no ONNX Runtime call ever runs on it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import collections
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,8 +67,13 @@ class EmbeddingBatcher:
         max_batch_size: int = 32,
         max_batch_tokens: int = 16384,
         max_wait_s: float = 0.002,
+        workers: int = 1,
     ):
         self.model = model
+        self.workers = workers
+        # One round takes enough inputs to give every worker a full pass.
+        self._capacity = max_batch_size * workers
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="embedding-forward")
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
         self.max_wait_s = max_wait_s
@@ -99,6 +107,7 @@ class EmbeddingBatcher:
             self._stopping = True
             self._wakeup.notify()
         self._thread.join()
+        self._pool.shutdown()
 
     # Worker thread
 
@@ -108,7 +117,7 @@ class EmbeddingBatcher:
                 self._wakeup.wait()
             # A short wait lets requests arriving together share a forward pass.
             deadline = time.monotonic() + self.max_wait_s
-            while not self._stopping and len(self._waiting) < self.max_batch_size:
+            while not self._stopping and len(self._waiting) < self._capacity:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -116,7 +125,7 @@ class EmbeddingBatcher:
             if self._stopping:
                 return None
             taken = []
-            while self._waiting and len(taken) < self.max_batch_size:
+            while self._waiting and len(taken) < self._capacity:
                 item = self._waiting.popleft()
                 if not item.future.done():
                     taken.append(item)
@@ -125,17 +134,21 @@ class EmbeddingBatcher:
     def _run(self) -> None:
         while (items := self._take()) is not None:
             lengths = [len(item.ids) for item in items]
-            for batch in plan_batches(lengths, self.max_batch_size, self.max_batch_tokens):
-                members = [items[i] for i in batch]
-                try:
-                    vectors = self.model.forward([item.ids for item in members])
-                except Exception as error:  # noqa: BLE001 - every waiting request must hear of it
-                    logger.exception("embedding forward pass failed")
-                    failure = Internal(f"Embedding failed: {type(error).__name__}")
-                    for item in members:
-                        item.resolve(failure)
-                    continue
-                for item, vector in zip(members, vectors, strict=True):
-                    item.resolve(vector)
+            # Enough passes to give every worker one.
+            size = min(self.max_batch_size, -(-len(items) // self.workers))
+            batches = plan_batches(lengths, size, self.max_batch_tokens)
+            list(self._pool.map(self._forward, [[items[i] for i in b] for b in batches]))
         for item in self._waiting:
             item.resolve(Unavailable("The embedding service shut down."))
+
+    def _forward(self, members: list[_Item]) -> None:
+        try:
+            vectors = self.model.forward([item.ids for item in members])
+        except Exception as error:  # noqa: BLE001 - every waiting request must hear of it
+            logger.exception("embedding forward pass failed")
+            failure = Internal(f"Embedding failed: {type(error).__name__}")
+            for item in members:
+                item.resolve(failure)
+            return
+        for item, vector in zip(members, vectors, strict=True):
+            item.resolve(vector)

@@ -35,6 +35,8 @@ class BatcherConfig:
     max_batch_size: int = 32
     max_batch_tokens: int = 16384
     max_wait_s: float = 0.002
+    # Forward passes run side by side (threads sharing the session).
+    workers: int = 1
 
 
 class Embedder:
@@ -81,7 +83,11 @@ class Embedder:
         )
         batching = self._batching
         return EmbeddingBatcher(
-            model, batching.max_batch_size, batching.max_batch_tokens, batching.max_wait_s
+            model,
+            batching.max_batch_size,
+            batching.max_batch_tokens,
+            batching.max_wait_s,
+            batching.workers,
         )
 
     async def embed(

@@ -14,8 +14,10 @@ class EmbeddingSettings(ServiceSettings):
     registry_addr: str = "127.0.0.1:50051"
     # `cuda` uses ONNX Runtime's CUDA execution provider when installed, else falls back to CPU.
     device: Literal["cpu", "cuda"] = "cpu"
-    # ONNX Runtime intra-op threads; 0 lets ONNX Runtime use every core.
-    intra_op_threads: int = 0
+    # ONNX Runtime intra-op threads per forward pass; 0 lets ONNX Runtime use every core.
+    intra_op_threads: int = 1
+    # Forward passes run side by side; 0 means one per core. On a GPU, 1 is the better choice.
+    workers: int = 0
     # Inputs embedded together in one forward pass, from one request or several.
     max_batch_size: int = 32
     # Padded tokens of one forward pass (bounds activation memory for long inputs).
