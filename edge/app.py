@@ -10,7 +10,7 @@ from edge.auth import authenticate
 from edge.body_limit import BodyLimitMiddleware
 from edge.errors import install_error_handlers
 from edge.metrics import MetricsMiddleware, metrics_router
-from edge.routes import admin, chat, models
+from edge.routes import admin, chat, documents, embeddings, info, models, retrieval
 from edge.settings import EdgeSettings
 from edge.state import EdgeState
 
@@ -32,10 +32,10 @@ def build_app(settings: EdgeSettings) -> FastAPI:
     app.add_middleware(MetricsMiddleware)
 
     api = APIRouter(dependencies=[Depends(authenticate)])
-    api.include_router(chat.router)
-    api.include_router(models.router)
+    for routes in (chat, models, embeddings, retrieval, documents, info):
+        api.include_router(routes.router)
     app.include_router(api)
-    # The enterprise gateway's per-serving routes: the serving decides the model.
+    # The enterprise gateway's per-serving routes: the serving decides the chat model.
     app.include_router(api, prefix=SERVING_PREFIX)
     app.include_router(admin.router)
     app.include_router(metrics_router(public=settings.metrics_public))

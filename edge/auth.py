@@ -94,11 +94,20 @@ def user_id_of(request: Request, body_user: str | None = None) -> str:
 async def resolve_access(
     request: Request, requested_model: str | None, kind: ModelKind, body_user: str | None = None
 ) -> Access:
-    """Serving routes: the serving decides the model. Plain routes: the named model, which the
-    key's serving must serve."""
+    """Chat on serving routes: the serving decides the model. Chat on plain routes: the named
+    model, which the key's serving must serve. Embeddings: the named model, for any key."""
     state = request.app.state.edge
     key: ApiKeyRecord | None = request.state.api_key
     serving_id = serving_id_of(request)
+    if kind is ModelKind.EMBEDDING:
+        # Embedding models are shared by every serving: any valid key may use them, and the
+        # request is accounted to the key's (or the route's) serving.
+        model = await state.catalog.model(requested_model or "", kind)
+        owner = serving_id if serving_id is not None else (key.serving_id if key else None)
+        serving = await state.catalog.serving(owner) if owner is not None else None
+        if key is not None and serving is not None and key.serving_id != serving.id:
+            raise PermissionDenied(f"This API key is not valid for serving {serving.id}.")
+        return Access(model, serving, key, user_id_of(request, body_user))
     if serving_id is not None:
         serving = await state.catalog.serving(serving_id)
         if key is not None and key.serving_id != serving.id:

@@ -57,6 +57,19 @@ class GenerationClient:
     async def close(self) -> None:
         await self._channel.close()
 
+    async def render_prompt(
+        self, model: str, messages: list[ChatMessage], timeout_s: float = 30.0
+    ) -> str:
+        """The prompt the model's chat template makes of `messages`."""
+        try:
+            response = await self._stub.Tokenize(
+                generation_pb2.TokenizeRequest(model=model, messages=[m.to_pb() for m in messages]),
+                timeout=timeout_s,
+            )
+        except grpc.aio.AioRpcError as error:
+            raise from_rpc_error(error) from error
+        return response.prompt
+
     async def generate(
         self,
         model: str,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from services.common.domain import ChatMessage, SamplingParams
 from services.common.errors import InvalidArgument
@@ -89,6 +89,15 @@ class ChatCompletionRequest(OpenAIModel):
     # Not in OpenAI's API; accepted as vLLM does.
     stop_token_ids: list[Annotated[int, Field(ge=0)]] | None = None
     ignore_eos: bool = False
+    # Retrieval overrides as the node API names them (one value, or one per collection).
+    vdb_collection_name: list[str] | None = None
+    limit: list[Annotated[int, Field(ge=1, le=100)]] | None = None
+    score_threshold: list[Annotated[float, Field(ge=-1, le=1)]] | None = None
+
+    @field_validator("vdb_collection_name", "limit", "score_threshold", mode="before")
+    @classmethod
+    def _one_or_many(cls, value):
+        return value if value is None or isinstance(value, list) else [value]
 
     @model_validator(mode="after")
     def _check_stop(self) -> ChatCompletionRequest:

@@ -14,8 +14,12 @@ class EdgeSettings(BaseSettings):
     log_level: str = "INFO"
     registry_addr: str = "127.0.0.1:50051"
     generation_addr: str = "127.0.0.1:50052"
+    embedding_addr: str = "127.0.0.1:50053"
+    retrieval_addr: str = "127.0.0.1:50054"
     # How long models and servings from the registry are reused before asking again.
     catalog_ttl_s: float = 5.0
+    # Upper bound on retrieving context for one grounded chat request.
+    rag_timeout_s: float = 30.0
     # Upper bound on one chat completion, streaming included.
     request_timeout_s: float = 600.0
     # Every API route needs a valid key unless this is explicitly switched off.

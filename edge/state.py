@@ -8,8 +8,11 @@ from edge.auth import KeyVerifier
 from edge.catalog import Catalog
 from edge.generation_client import GenerationClient
 from edge.limits import RateLimiter
+from edge.rag import Grounding
+from edge.retrieval_client import RetrievalClient
 from edge.settings import EdgeSettings
 from edge.usage import UsageRecorder
+from services.common.embedding_client import EmbeddingClient
 from services.common.registry_client import RegistryClient
 
 
@@ -22,23 +25,33 @@ class EdgeState:
     keys: KeyVerifier
     limiter: RateLimiter
     usage: UsageRecorder
+    embedding: EmbeddingClient
+    retrieval: RetrievalClient
+    grounding: Grounding
 
     @classmethod
     def connect(cls, settings: EdgeSettings) -> EdgeState:
         registry = RegistryClient(settings.registry_addr)
         usage = UsageRecorder(registry, settings.usage_flush_interval_s, settings.usage_batch_size)
         usage.start()
+        generation = GenerationClient(settings.generation_addr)
+        retrieval = RetrievalClient(settings.retrieval_addr)
         return cls(
             settings=settings,
             registry=registry,
-            generation=GenerationClient(settings.generation_addr),
+            generation=generation,
             catalog=Catalog(registry, settings.catalog_ttl_s),
             keys=KeyVerifier(registry, settings.key_cache_ttl_s),
             limiter=RateLimiter(),
             usage=usage,
+            embedding=EmbeddingClient(settings.embedding_addr),
+            retrieval=retrieval,
+            grounding=Grounding(retrieval, generation, settings.rag_timeout_s),
         )
 
     async def close(self) -> None:
         await self.usage.close()
         await self.generation.close()
+        await self.embedding.close()
+        await self.retrieval.close()
         await self.registry.close()

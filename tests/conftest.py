@@ -17,7 +17,12 @@ import requests
 
 from services.common.records import ModelKind, ModelRecord
 from services.common.rpc import GrpcServer, start_server
-from services.registry.defaults import DEFAULT_CHAT_MODEL, smollm2_gguf
+from services.registry.defaults import (
+    DEFAULT_CHAT_MODEL,
+    DEFAULT_EMBEDDING_MODEL,
+    minilm_checkpoint,
+    smollm2_gguf,
+)
 from services.registry.importer import ModelImporter
 from services.registry.settings import RegistrySettings
 
@@ -46,10 +51,22 @@ def chat_model(cache_dir: Path) -> ModelRecord:
 
 
 @pytest.fixture(scope="session")
+def embedding_model(cache_dir: Path) -> ModelRecord:
+    """The default embedding model, exported on first use (about 20 s from an empty cache)."""
+    importer = ModelImporter(cache_dir)
+    return importer.import_model(
+        DEFAULT_EMBEDDING_MODEL,
+        ModelKind.EMBEDDING,
+        minilm_checkpoint(),
+        progress=lambda stage, fraction: None,
+    )
+
+
+@pytest.fixture(scope="session")
 def loaded_chat_model(chat_model):
     """Tokenizer, template and an engine over the real ONNX model, without gRPC."""
+    from services.common.onnx_runtime import select_providers
     from services.generation.model_pool import ModelPool
-    from services.generation.onnx_model import select_providers
 
     async def lookup(name):
         return chat_model
@@ -61,7 +78,7 @@ def loaded_chat_model(chat_model):
 
 
 @pytest.fixture(scope="session")
-async def registry_server(tmp_path_factory, chat_model):
+async def registry_server(tmp_path_factory, chat_model, embedding_model):
     from llmserve.registry.v1 import registry_pb2, registry_pb2_grpc
     from services.common.rpc import service_name
     from services.registry.servicer import RegistryServicer
@@ -69,6 +86,7 @@ async def registry_server(tmp_path_factory, chat_model):
 
     store = RegistryStore(tmp_path_factory.mktemp("registry") / "registry.db")
     store.add_model(chat_model)
+    store.add_model(embedding_model)
     importer = ModelImporter(RegistrySettings().cache_dir)
 
     def register(server):
@@ -87,10 +105,10 @@ async def registry_server(tmp_path_factory, chat_model):
 async def generation_server(registry_server):
     """A generation server; yields (address, pool) so tests can watch the engine."""
     from llmserve.generation.v1 import generation_pb2, generation_pb2_grpc
+    from services.common.onnx_runtime import select_providers
     from services.common.registry_client import RegistryClient
     from services.common.rpc import service_name
     from services.generation.model_pool import ModelPool
-    from services.generation.onnx_model import select_providers
     from services.generation.servicer import GenerationServicer
 
     registry = RegistryClient(registry_server)
@@ -109,12 +127,70 @@ async def generation_server(registry_server):
     await registry.close()
 
 
+@pytest.fixture(scope="session")
+async def embedding_server(registry_server):
+    """An embedding server; yields (address, embedder)."""
+    from llmserve.embedding.v1 import embedding_pb2, embedding_pb2_grpc
+    from services.common.onnx_runtime import select_providers
+    from services.common.registry_client import RegistryClient
+    from services.common.rpc import service_name
+    from services.embedding.embedder import Embedder
+    from services.embedding.servicer import EmbeddingServicer
+
+    registry = RegistryClient(registry_server)
+    embedder = Embedder(registry.get_model, select_providers("cpu"))
+
+    def register(server):
+        embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server(
+            EmbeddingServicer(embedder), server
+        )
+        return [service_name(embedding_pb2, "EmbeddingService")]
+
+    server = await start_server("127.0.0.1:0", register)
+    yield f"127.0.0.1:{server.port}", embedder
+    await server.stop(0)
+    embedder.close()
+    await registry.close()
+
+
+@pytest.fixture(scope="session")
+async def retrieval_server(tmp_path_factory, embedding_server):
+    """A retrieval server on the embedded store in a fresh directory; yields (address, core)."""
+    from llmserve.retrieval.v1 import retrieval_pb2, retrieval_pb2_grpc
+    from services.common.embedding_client import EmbeddingClient
+    from services.common.rpc import service_name
+    from services.retrieval.core import RetrievalCore
+    from services.retrieval.embedded_store import EmbeddedStore
+    from services.retrieval.files import FileStore
+    from services.retrieval.servicer import RetrievalServicer
+
+    data = tmp_path_factory.mktemp("retrieval")
+    store = EmbeddedStore(data / "vectors.db")
+    files = FileStore(data)
+    embedding = EmbeddingClient(embedding_server[0])
+    core = RetrievalCore(store, files, embedding)
+
+    def register(server):
+        retrieval_pb2_grpc.add_RetrievalServiceServicer_to_server(RetrievalServicer(core), server)
+        return [service_name(retrieval_pb2, "RetrievalService")]
+
+    server = await start_server("127.0.0.1:0", register)
+    yield f"127.0.0.1:{server.port}", core
+    await server.stop(0)
+    await embedding.close()
+    files.close()
+    store.close()
+
+
 class RunningStack:
     def __init__(self, process: subprocess.Popen, base_url: str, log_path: Path, env: dict):
         self.process = process
         self.env = env
         self.api_key = Path(env["REGISTRY_DEV_KEY_PATH"]).read_text().strip()
         self.admin_token = env["EDGE_ADMIN_TOKEN"]
+        # requests with the development key, for routes the openai SDK does not cover.
+        self.http = requests.Session()
+        self.http.headers.update(self.headers)
         self.base_url = base_url
         self.log_path = log_path
 
@@ -131,7 +207,7 @@ class RunningStack:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory, chat_model) -> RunningStack:
+def stack(tmp_path_factory, chat_model, embedding_model) -> RunningStack:
     """`python -m services.launcher` as `make run` starts it, on free ports and a fresh database."""
     data = tmp_path_factory.mktemp("stack")
     edge_port = free_port()
@@ -141,6 +217,9 @@ def stack(tmp_path_factory, chat_model) -> RunningStack:
         "REGISTRY_PORT": str(free_port()),
         "GENERATION_PORT": str(free_port()),
         "GENERATION_METRICS_PORT": str(free_port()),
+        "EMBEDDING_PORT": str(free_port()),
+        "RETRIEVAL_PORT": str(free_port()),
+        "RETRIEVAL_DATA_DIR": str(data / "retrieval"),
         "EDGE_PORT": str(edge_port),
         "REGISTRY_DEV_KEY_PATH": str(data / "dev-api-key"),
         "EDGE_ADMIN_TOKEN": "test-admin-token",

@@ -125,6 +125,11 @@ async def test_batched_greedy_equals_single_sequence(loaded_chat_model):
 
     batched = await asyncio.gather(*(staggered(i) for i in range(3)))
     assert batched == singles
+    # The worker drops a finished sequence just after delivering its last event.
+    for _ in range(100):
+        if loaded_chat_model.engine.running == 0:
+            break
+        await asyncio.sleep(0.01)
     assert loaded_chat_model.engine.running == 0
 
 
@@ -134,6 +139,11 @@ async def test_abandoned_streams_leave_the_batch(loaded_chat_model):
     ids = prompt(loaded_chat_model, "Write a very long essay about the history of Rome.")
     streams = [engine.generate(ids, [params]) for _ in range(4)]
     await asyncio.gather(*(anext(stream) for stream in streams))
+    # Prefilled sequences join the batch just after their first events are delivered.
+    for _ in range(100):
+        if engine.running == 4:
+            break
+        await asyncio.sleep(0.01)
     assert engine.running == 4
     for stream in streams:
         await stream.aclose()

@@ -98,8 +98,8 @@ def test_default_model_import_records_template_context_and_eos(chat_model):
 def test_import_checkpoint_directory_exports_once_and_serves(tmp_path, tiny_checkpoint, cache_dir):
     import asyncio
 
+    from services.common.onnx_runtime import select_providers
     from services.generation.model_pool import ModelPool
-    from services.generation.onnx_model import select_providers
     from services.generation.sampler import ResolvedSampling
 
     importer = ModelImporter(cache_dir)

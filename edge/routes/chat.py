@@ -138,6 +138,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request):
             tracker.blocked = True
             tracker.settle()
             return _blocked_before_generation(completion, body)
+        messages = await state.grounding.ground(body, access.model.name, messages, access.serving)
         deltas = state.generation.generate(
             access.model.name,
             messages,

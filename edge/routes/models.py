@@ -7,13 +7,14 @@ from fastapi import APIRouter, Request
 from edge.auth import serving_id_of
 from edge.state import EdgeState
 from services.common.errors import PermissionDenied
-from services.common.records import ModelRecord
+from services.common.records import ModelKind, ModelRecord
 
 router = APIRouter()
 
 
 async def _visible_models(request: Request) -> list[ModelRecord]:
-    """A serving route shows its model; a key shows its serving's model; no auth shows all."""
+    """A serving route shows its model; a key shows its serving's model; no auth shows all.
+    Embedding models, shared by every serving, are always shown."""
     state: EdgeState = request.app.state.edge
     serving_id = serving_id_of(request)
     key = request.state.api_key
@@ -25,7 +26,8 @@ async def _visible_models(request: Request) -> list[ModelRecord]:
     serving = await state.catalog.serving(serving_id)
     if key is not None and key.serving_id != serving.id:
         raise PermissionDenied(f"This API key is not valid for serving {serving.id}.")
-    return [m for m in models if m.name == serving.model]
+    # Embedding models are shared by every serving.
+    return [m for m in models if m.name == serving.model or m.kind is ModelKind.EMBEDDING]
 
 
 @router.api_route("/v1/models", methods=["GET", "POST"])

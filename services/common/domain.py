@@ -100,3 +100,12 @@ class SamplingParams:
             ignore_eos=self.ignore_eos,
             **{k: v for k, v in values.items() if v is not None},
         )
+
+
+@dataclass(frozen=True)
+class TokenSpans:
+    """Content tokens of a text (no special tokens) and the characters each covers."""
+
+    ids: list[int]
+    starts: list[int]
+    ends: list[int]

@@ -20,3 +20,8 @@ class ServiceSettings(BaseSettings):
     log_level: str = "INFO"
     # Seconds a SIGTERM waits for in-flight RPCs before the server stops.
     shutdown_grace_s: float = 10.0
+
+
+def split_names(value: str) -> list[str]:
+    """A comma-separated setting as a list, blanks dropped."""
+    return [name.strip() for name in value.split(",") if name.strip()]

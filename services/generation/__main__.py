@@ -9,10 +9,11 @@ import prometheus_client
 
 from llmserve.generation.v1 import generation_pb2, generation_pb2_grpc
 from services.common.logs import setup_logging
+from services.common.onnx_runtime import select_providers
 from services.common.registry_client import RegistryClient
 from services.common.rpc import service_name, start_server
+from services.common.settings import split_names
 from services.generation.model_pool import ModelPool
-from services.generation.onnx_model import select_providers
 from services.generation.servicer import GenerationServicer
 from services.generation.settings import GenerationSettings
 
@@ -33,7 +34,7 @@ async def serve(settings: GenerationSettings) -> None:
     )
     if settings.metrics_port:
         prometheus_client.start_http_server(settings.metrics_port, addr=settings.host)
-    for name in filter(None, (n.strip() for n in settings.preload_models.split(","))):
+    for name in split_names(settings.preload_models):
         await pool.get(name)
 
     def register(server):

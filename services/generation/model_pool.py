@@ -10,6 +10,7 @@ from pathlib import Path
 
 from services.common.domain import ChatMessage, SamplingParams
 from services.common.errors import ContextLengthExceeded, InvalidArgument
+from services.common.lazy_models import LazyModels
 from services.common.records import CHAT_MODEL_FILES, ModelKind, ModelRecord
 from services.generation.chat_template import ChatTemplate
 from services.generation.engine import GenerationEngine
@@ -85,34 +86,21 @@ class ModelPool:
         self._max_waiting = max_waiting
         self._metrics_enabled = metrics_enabled
         self._weights = weights
-        self._models: dict[str, LoadedModel] = {}
-        self._loading: dict[str, asyncio.Task[LoadedModel]] = {}
+        self._models = LazyModels(self._load)
 
     @property
     def loaded(self) -> dict[str, LoadedModel]:
-        return dict(self._models)
+        return self._models.loaded
 
     async def get(self, name: str) -> LoadedModel:
-        if name in self._models:
-            return self._models[name]
-        # Concurrent first requests share one load.
-        if name not in self._loading:
-            self._loading[name] = asyncio.ensure_future(self._load(name))
-        try:
-            model = await asyncio.shield(self._loading[name])
-        finally:
-            if self._loading.get(name) and self._loading[name].done():
-                self._loading.pop(name, None)
-        return model
+        return await self._models.get(name)
 
     async def _load(self, name: str) -> LoadedModel:
         record = await self._lookup(name)
         if record.kind is not ModelKind.CHAT:
             raise InvalidArgument(f"The model `{name}` is not a chat model.", param="model")
         logger.info("loading %s from %s", name, record.artifact_dir)
-        loaded = await asyncio.to_thread(self._build, record)
-        self._models[name] = loaded
-        return loaded
+        return await asyncio.to_thread(self._build, record)
 
     def _build(self, record: ModelRecord) -> LoadedModel:
         artifact_dir = Path(record.artifact_dir)
@@ -134,5 +122,5 @@ class ModelPool:
         )
 
     def close(self) -> None:
-        for model in self._models.values():
+        for model in self._models.loaded.values():
             model.engine.close()

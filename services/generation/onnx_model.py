@@ -2,41 +2,22 @@
 
 from __future__ import annotations
 
-import logging
 import re
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
-logger = logging.getLogger(__name__)
+from services.common.onnx_runtime import open_session
 
 _PAST_INPUT = re.compile(r"past_key_values\.(\d+)\.(key|value)")
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
-
-
-def select_providers(device: str) -> list[str]:
-    """`cuda` asks for the CUDA execution provider (falling back to CPU); `cpu` forces CPU."""
-    available = ort.get_available_providers()
-    if device == "cuda":
-        if "CUDAExecutionProvider" not in available:
-            logger.warning("CUDA requested but not available (have %s); using CPU", available)
-            return ["CPUExecutionProvider"]
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
 
 
 class OnnxCausalLM:
     """Forward passes of a decoder with an explicit KV cache [batch, kv_heads, length, head_dim]."""
 
     def __init__(self, model_path: Path, providers: list[str], intra_op_threads: int = 0):
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Spinning threads steal the cores the other processes need on a busy machine.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(model_path), options, providers=providers)
+        self.session = open_session(model_path, providers, intra_op_threads)
         self.provider = self.session.get_providers()[0]
         past = [i for i in self.session.get_inputs() if _PAST_INPUT.fullmatch(i.name)]
         if not past:

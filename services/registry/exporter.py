@@ -24,6 +24,14 @@ ONNX_TASKS = {
     ModelKind.EMBEDDING: "feature-extraction",
 }
 CHATML_END = "<|im_end|>"
+# sentence-transformers configs: pooling, normalization and the sequence limit of the model,
+# which optimum's transformers export leaves behind. The embedding service reads them.
+SENTENCE_TRANSFORMERS_FILES = (
+    "modules.json",
+    "sentence_bert_config.json",
+    "config_sentence_transformers.json",
+    "1_Pooling/config.json",
+)
 
 
 Progress = Callable[[str, float], None]
@@ -87,8 +95,13 @@ def export(
         if kind is ModelKind.CHAT:
             _write_variants(onnx_dir, progress)
         # optimum copies tokenizer files but not a separate chat_template.jinja.
-        for extra in ("chat_template.jinja", "generation_config.json"):
+        for extra in (
+            "chat_template.jinja",
+            "generation_config.json",
+            *SENTENCE_TRANSFORMERS_FILES,
+        ):
             if (checkpoint / extra).exists() and not (onnx_dir / extra).exists():
+                (onnx_dir / extra).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy(checkpoint / extra, onnx_dir / extra)
         (onnx_dir / "manifest.json").write_text(
             json.dumps({"recipe": EXPORT_RECIPE, "source": str(source), "kind": kind.name})

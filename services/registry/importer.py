@@ -66,8 +66,14 @@ def read_metadata(artifact_dir: Path) -> tuple[str, int, SamplingParams]:
         if template_file.exists()
         else tokenizer_config.get("chat_template") or ""
     )
+    sentence_config_path = artifact_dir / "sentence_bert_config.json"
+    sentence_config = (
+        json.loads(sentence_config_path.read_text()) if sentence_config_path.exists() else {}
+    )
+    # sentence-transformers models were trained up to max_seq_length, often below the positions.
     context_length = int(
-        config.get("max_position_embeddings")
+        sentence_config.get("max_seq_length")
+        or config.get("max_position_embeddings")
         or config.get("n_positions")
         or tokenizer_config.get("model_max_length")
         or 2048

@@ -1,0 +1,92 @@
+"""POST /v1/embeddings: OpenAI embeddings over the embedding service."""
+
+from __future__ import annotations
+
+import base64
+import logging
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Request
+from pydantic import Field, field_validator
+
+from edge.auth import resolve_access
+from edge.protocol import OpenAIModel
+from edge.state import EdgeState
+from services.common.records import ModelKind
+
+logger = logging.getLogger(__name__)
+router = APIRouter()
+
+# OpenAI's own limit on inputs per request.
+MAX_INPUTS = 2048
+
+
+_INPUT_SHAPES = "a string, a list of strings, token ids or a list of token-id lists"
+
+
+def _is_token_ids(value) -> bool:
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in value)
+    )
+
+
+class EmbeddingRequest(OpenAIModel):
+    model: str = Field(min_length=1)
+    # Parsed into a list of strings or a list of token-id lists (the model's own vocabulary).
+    input: list[str] | list[list[int]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: Annotated[int, Field(ge=1)] | None = None
+    user: str | None = None
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _parse_input(cls, value):
+        # Checked by hand: a pydantic union would report errors under each member's name.
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not items:
+            raise ValueError(f"must be {_INPUT_SHAPES}, not empty")
+        if len(items) > MAX_INPUTS:
+            raise ValueError(f"must hold at most {MAX_INPUTS} items")
+        if all(isinstance(item, str) and item for item in items):
+            return items
+        if _is_token_ids(items):
+            return [items]
+        if all(_is_token_ids(item) for item in items):
+            return items
+        raise ValueError(f"must be {_INPUT_SHAPES}, with no empty item or negative id")
+
+
+def _encode(vector, encoding_format: str):
+    if encoding_format == "base64":
+        # Little-endian float32 bytes, which the OpenAI SDKs decode.
+        return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
+    return vector.tolist()
+
+
+@router.post("/v1/embeddings")
+async def create_embedding(body: EmbeddingRequest, request: Request) -> dict:
+    state: EdgeState = request.app.state.edge
+    if body.ignored_fields:
+        logger.info("ignoring unsupported request fields: %s", ", ".join(body.ignored_fields))
+    model = (await resolve_access(request, body.model, ModelKind.EMBEDDING, body.user)).model
+    result = await state.embedding.embed(
+        model.name, body.input, body.dimensions or 0, timeout_s=state.settings.request_timeout_s
+    )
+    data = []
+    for index, vector in enumerate(result.vectors):
+        item = {
+            "object": "embedding",
+            "index": index,
+            "embedding": _encode(vector, body.encoding_format),
+        }
+        if result.truncated[index]:
+            item["truncated"] = True
+        data.append(item)
+    return {
+        "object": "list",
+        "data": data,
+        "model": model.name,
+        "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
+    }

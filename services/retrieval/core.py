@@ -1,0 +1,250 @@
+"""The retrieval service's core, without gRPC: collections, ingestion and search.
+
+Ingestion: extract text -> token-aware chunks (tokens from the embedding service) -> embed the
+chunks through the embedding service -> store, all or nothing. A document's id is the SHA-256
+of its bytes, so ingesting the same content twice adds nothing. Blocking store calls run in
+worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from services.common.embedding_client import EmbeddingClient
+from services.common.errors import InvalidArgument
+from services.retrieval.chunking import chunk_text
+from services.retrieval.domain import (
+    Chunk,
+    ChunkSettings,
+    CollectionInfo,
+    CollectionSpec,
+    DocumentInfo,
+    ScoredChunk,
+    SearchMode,
+    check_collection_name,
+)
+from services.retrieval.extract import extract_text, media_type_of
+from services.retrieval.files import FileStore, StoredFile
+from services.retrieval.vector_store import VectorStore
+
+logger = logging.getLogger(__name__)
+
+# Chunks sent to the embedding service per call; it batches them further itself.
+_EMBED_CALL_SIZE = 256
+_DEFAULT_ALPHA = 0.5
+
+
+@dataclass(frozen=True)
+class RetrievalDefaults:
+    collection: str = "default"
+    limit: int = 5
+    score_threshold: float = 0.3
+    chunking: ChunkSettings = ChunkSettings(128, 24)
+    embedding_model: str = "all-MiniLM-L6-v2"
+    max_file_bytes: int = 32 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    collection: str
+    document: DocumentInfo
+    created: bool
+    embedded_tokens: int
+
+
+@dataclass(frozen=True)
+class RetrieveResult:
+    collection: str
+    points: list[ScoredChunk]
+    limit: int
+    score_threshold: float
+
+
+@dataclass(frozen=True)
+class _ModelFacts:
+    dimensions: int
+    max_content_tokens: int
+
+
+class RetrievalCore:
+    def __init__(
+        self,
+        store: VectorStore,
+        files: FileStore,
+        embedding: EmbeddingClient,
+        defaults: RetrievalDefaults = RetrievalDefaults(),
+    ):
+        self.store = store
+        self.files = files
+        self.defaults = defaults
+        self._embedding = embedding
+        self._facts: dict[str, _ModelFacts] = {}
+        # Serializes collection creation, so concurrent first ingests create it once.
+        self._creating = asyncio.Lock()
+
+    async def _model_facts(self, model: str) -> _ModelFacts:
+        if model not in self._facts:
+            probe = await self._embedding.embed(model, ["dimension probe"])
+            _, max_content = await self._embedding.tokenize(model, [])
+            self._facts[model] = _ModelFacts(probe.vectors.shape[1], max_content)
+        return self._facts[model]
+
+    # Collections
+
+    async def create_collection(
+        self, name: str, chunk_tokens: int = 0, overlap_tokens: int | None = None
+    ) -> CollectionInfo:
+        check_collection_name(name)
+        model = self.defaults.embedding_model
+        facts = await self._model_facts(model)
+        chunking = self._chunking(chunk_tokens, overlap_tokens, facts)
+        spec = CollectionSpec(name, model, facts.dimensions, chunking)
+        return await asyncio.to_thread(self.store.create_collection, spec)
+
+    def _chunking(
+        self, chunk_tokens: int, overlap_tokens: int | None, facts: _ModelFacts
+    ) -> ChunkSettings:
+        tokens = chunk_tokens or min(self.defaults.chunking.chunk_tokens, facts.max_content_tokens)
+        overlap = (
+            self.defaults.chunking.overlap_tokens if overlap_tokens is None else overlap_tokens
+        )
+        if tokens > facts.max_content_tokens:
+            raise InvalidArgument(
+                f"chunk_tokens must be at most {facts.max_content_tokens} for "
+                f"{self.defaults.embedding_model}.",
+                param="chunk_tokens",
+            )
+        if overlap >= tokens:
+            raise InvalidArgument(
+                "overlap_tokens must be below chunk_tokens.", param="overlap_tokens"
+            )
+        return ChunkSettings(tokens, overlap)
+
+    async def list_collections(self) -> list[CollectionInfo]:
+        return await asyncio.to_thread(self.store.list_collections)
+
+    async def delete_collection(self, name: str) -> None:
+        await asyncio.to_thread(self.store.delete_collection, check_collection_name(name))
+
+    async def _collection(
+        self, name: str, chunk_tokens: int, overlap_tokens: int | None
+    ) -> CollectionInfo:
+        async with self._creating:
+            existing = {c.spec.name: c for c in await self.list_collections()}
+            if name in existing:
+                return existing[name]
+            return await self.create_collection(name, chunk_tokens, overlap_tokens)
+
+    # Files
+
+    async def upload_file(self, filename: str, content: bytes, purpose: str) -> StoredFile:
+        self._check_size(content)
+        if not filename:
+            raise InvalidArgument("`filename` is required.", param="file")
+        return await asyncio.to_thread(self.files.add, filename, content, purpose)
+
+    async def list_files(self) -> list[StoredFile]:
+        return await asyncio.to_thread(self.files.list)
+
+    async def delete_file(self, file_id: str) -> None:
+        await asyncio.to_thread(self.files.delete, file_id)
+
+    def _check_size(self, content: bytes) -> None:
+        if not content:
+            raise InvalidArgument("The file is empty.", param="file")
+        if len(content) > self.defaults.max_file_bytes:
+            raise InvalidArgument(
+                f"The file is larger than {self.defaults.max_file_bytes} bytes.", param="file"
+            )
+
+    # Ingestion
+
+    async def ingest(
+        self,
+        collection: str,
+        filename: str,
+        media_type: str,
+        content: bytes | None = None,
+        file_id: str = "",
+        chunk_tokens: int = 0,
+        overlap_tokens: int | None = None,
+    ) -> IngestResult:
+        name = check_collection_name(collection or self.defaults.collection)
+        if file_id:
+            stored, content = await asyncio.to_thread(self.files.get, file_id)
+            filename = filename or stored.filename
+        if content is None:
+            raise InvalidArgument("Give the file's content or the id of an uploaded file.")
+        self._check_size(content)
+        media_type = media_type_of(filename, media_type)
+        info = await self._collection(name, chunk_tokens, overlap_tokens)
+        document_id = hashlib.sha256(content).hexdigest()
+        existing = await asyncio.to_thread(self.store.find_document, name, document_id)
+        if existing is not None:
+            return IngestResult(name, existing, False, 0)
+
+        text = await asyncio.to_thread(extract_text, content, media_type, filename)
+        (spans,), _ = await self._embedding.tokenize(info.spec.embedding_model, [text])
+        chunking = info.spec.chunking
+        texts = chunk_text(text, spans, chunking.chunk_tokens, chunking.overlap_tokens)
+        vectors, tokens = await self._embed_all(info.spec.embedding_model, texts)
+        chunks = [Chunk(i, t, v) for i, (t, v) in enumerate(zip(texts, vectors, strict=True))]
+        document = DocumentInfo(
+            document_id, filename, media_type, len(chunks), int(time.time() * 1000)
+        )
+        stored = await asyncio.to_thread(self.store.add_document, name, document, chunks)
+        logger.info(
+            "ingested %s into %s: %d chunks, %d tokens", filename, name, len(chunks), tokens
+        )
+        return IngestResult(name, stored, True, tokens)
+
+    async def _embed_all(self, model: str, texts: list[str]) -> tuple[np.ndarray, int]:
+        vectors, tokens = [], 0
+        for start in range(0, len(texts), _EMBED_CALL_SIZE):
+            # Chunks fit by construction; truncation is only a guard against tokenizer quirks.
+            result = await self._embedding.embed(
+                model, texts[start : start + _EMBED_CALL_SIZE], truncate=True
+            )
+            vectors.append(_unit(result.vectors))
+            tokens += result.prompt_tokens
+        return np.concatenate(vectors) if vectors else np.zeros((0, 0), np.float32), tokens
+
+    # Search
+
+    async def retrieve(
+        self,
+        collection: str,
+        query: str,
+        limit: int = 0,
+        score_threshold: float | None = None,
+        mode: SearchMode = SearchMode.VECTOR,
+        alpha: float | None = None,
+    ) -> RetrieveResult:
+        name = check_collection_name(collection or self.defaults.collection)
+        if not query.strip():
+            raise InvalidArgument("The query is empty.", param="messages")
+        limit = limit or self.defaults.limit
+        threshold = self.defaults.score_threshold if score_threshold is None else score_threshold
+        alpha = _DEFAULT_ALPHA if alpha is None else alpha
+        if not 0.0 <= alpha <= 1.0:
+            raise InvalidArgument("alpha must be between 0 and 1.", param="alpha")
+        info = await asyncio.to_thread(self.store.get_collection, name)
+        # A long question is still a question: search with its first max-tokens.
+        result = await self._embedding.embed(info.spec.embedding_model, [query], truncate=True)
+        found = await asyncio.to_thread(
+            self.store.search, name, _unit(result.vectors)[0], query, limit, mode, alpha
+        )
+        points = [p for p in found if p.score >= threshold]
+        return RetrieveResult(name, points, limit, threshold)
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    """Cosine similarity becomes a dot product, whatever the model's own normalization."""
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.clip(norms, 1e-12, None)).astype(np.float32)

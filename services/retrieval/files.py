@@ -1,0 +1,101 @@
+"""Uploaded files, kept on local disk until ingested or deleted.
+
+Each file is written to a temporary name, fsynced and renamed before its row is committed,
+so an acknowledged upload survives a crash and a crash never leaves a half file behind a row.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.common.errors import NotFound
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    id TEXT PRIMARY KEY,
+    filename TEXT NOT NULL,
+    bytes INTEGER NOT NULL,
+    purpose TEXT NOT NULL,
+    created_at_unix_ms INTEGER NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    id: str
+    filename: str
+    bytes: int
+    purpose: str
+    created_at_unix_ms: int
+
+
+class FileStore:
+    def __init__(self, directory: Path):
+        self._blobs = directory / "files"
+        self._blobs.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(
+            directory / "files.db", check_same_thread=False, isolation_level=None
+        )
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def add(self, filename: str, content: bytes, purpose: str) -> StoredFile:
+        stored = StoredFile(
+            f"file-{uuid.uuid4().hex[:24]}",
+            filename,
+            len(content),
+            purpose,
+            int(time.time() * 1000),
+        )
+        path = self._blobs / stored.id
+        partial = path.with_suffix(".partial")
+        with partial.open("wb") as handle:
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
+        partial.rename(path)
+        directory = os.open(self._blobs, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+        with self._lock:
+            self._conn.execute(
+                "INSERT INTO files VALUES (?, ?, ?, ?, ?)",
+                (stored.id, filename, stored.bytes, purpose, stored.created_at_unix_ms),
+            )
+        return stored
+
+    def get(self, file_id: str) -> tuple[StoredFile, bytes]:
+        with self._lock:
+            row = self._conn.execute("SELECT * FROM files WHERE id = ?", (file_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"No such file: `{file_id}`.", param="file_id")
+        return StoredFile(*row), (self._blobs / file_id).read_bytes()
+
+    def list(self) -> list[StoredFile]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT * FROM files ORDER BY created_at_unix_ms DESC, id"
+            ).fetchall()
+        return [StoredFile(*row) for row in rows]
+
+    def delete(self, file_id: str) -> None:
+        with self._lock:
+            deleted = self._conn.execute("DELETE FROM files WHERE id = ?", (file_id,)).rowcount
+        if not deleted:
+            raise NotFound(f"No such file: `{file_id}`.", param="file_id")
+        (self._blobs / file_id).unlink(missing_ok=True)
