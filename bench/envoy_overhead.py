@@ -1,6 +1,6 @@
 """What Envoy costs: the same calls to one generation replica, directly and through Envoy.
 
-  .venv/bin/python bench/envoy_overhead.py [--calls 200] [--tokens 200]
+  .venv/bin/python -m bench.envoy_overhead [--calls 200] [--tokens 200] [--streams 3]
 
 Starts `ENVOY_ENABLED=true make run`'s topology (launcher, one generation replica behind
 Envoy) on free ports with a fresh registry database, then measures unary Tokenize latency

@@ -140,6 +140,11 @@ async def test_abandoned_streams_leave_the_batch(loaded_chat_model):
     ids = prompt(loaded_chat_model, "Write a very long essay about the history of Rome.")
     streams = [engine.generate(ids, params) for _ in range(4)]
     await asyncio.gather(*(anext(stream) for stream in streams))
+    # Prefill delivers the first tokens just before the sequences join the running batch.
+    for _ in range(100):
+        if engine.running == 4:
+            break
+        await asyncio.sleep(0.05)
     assert engine.running == 4
     for stream in streams:
         await stream.aclose()
