@@ -19,6 +19,7 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -340,15 +341,11 @@ def test_health_reflection_and_registry_through_the_grpc_listener(channel):
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-def test_killed_replica_is_taken_out_and_calls_keep_succeeding(envoy_stack, channel):
-    stub = generation_pb2_grpc.GenerationServiceStub(channel)
-    (victim_name, (victim_pid, victim)), (_, (_, survivor)) = sorted(envoy_stack.replicas().items())
-    assert envoy_stack.generation_hosts() == {victim: True, survivor: True}
-
-    # Long streams on both replicas, so one is cut by the kill and the other must not be.
+def streams_on_each_replica(stub, max_tokens: int) -> dict[str, grpc.Call]:
+    """One running Generate stream per replica, by replica address."""
     streams = {}
     for _ in range(8):
-        call = generate(stub, LONG_PROMPT, 4000)
+        call = generate(stub, LONG_PROMPT, max_tokens)
         next(call)
         upstream = dict(call.initial_metadata())[UPSTREAM_HEADER]
         if upstream in streams:
@@ -357,9 +354,14 @@ def test_killed_replica_is_taken_out_and_calls_keep_succeeding(envoy_stack, chan
             streams[upstream] = call
         if len(streams) == 2:
             break
-    assert set(streams) == {victim, survivor}
+    assert len(streams) == 2, streams
+    return streams
 
-    # Idempotent calls from three threads, before, during and after the kill.
+
+@contextmanager
+def calls_in_background(stub, with_streams: bool):
+    """Tokenize (and, with_streams, short Generate) calls from three threads; yields their
+    outcomes as (start time, replica or error), complete once the block ends."""
     outcomes: list[tuple[float, str]] = []
     stop = threading.Event()
 
@@ -368,27 +370,91 @@ def test_killed_replica_is_taken_out_and_calls_keep_succeeding(envoy_stack, chan
             started = time.monotonic()
             try:
                 outcomes.append((started, tokenize(stub)))
+                if not with_streams:
+                    continue
+                call = generate(stub, "Hi", max_tokens=2)
+                assert list(call)[-1].finish_reason
+                outcomes.append((started, dict(call.initial_metadata())[UPSTREAM_HEADER]))
             except grpc.RpcError as error:
                 outcomes.append((started, f"error {error.code().name}: {error.details()}"))
 
     callers = [threading.Thread(target=caller) for _ in range(3)]
     for thread in callers:
         thread.start()
-    time.sleep(2)
-    killed_at = time.monotonic()
-    os.kill(victim_pid, signal.SIGKILL)
     try:
+        yield outcomes
+    finally:
+        stop.set()
+        for thread in callers:
+            thread.join()
+
+
+def wait_until_restarted_and_healthy(envoy_stack, name: str, old_pid: int) -> None:
+    """The launcher restarts a replica on its port; Envoy's health check brings it back."""
+    wait_for(
+        lambda: envoy_stack.replicas()[name][0] != old_pid,
+        30,
+        f"the launcher restarts {name}",
+    )
+    wait_for(
+        lambda: all(envoy_stack.generation_hosts().values()),
+        180,
+        f"the restarted {name} is healthy in Envoy",
+    )
+
+
+def test_sigterm_drains_a_replica_without_failing_a_call(envoy_stack, channel):
+    """A rolling restart: the replica reports NOT_SERVING, finishes its streams, and Envoy
+    sends new calls elsewhere (refused ones are retried), so no call fails."""
+    stub = generation_pb2_grpc.GenerationServiceStub(channel)
+    (name, (pid, victim)), (_, (_, survivor)) = sorted(envoy_stack.replicas().items())
+    assert envoy_stack.generation_hosts() == {victim: True, survivor: True}
+    # Short enough to finish within the replica's 10 s shutdown grace.
+    streams = streams_on_each_replica(stub, max_tokens=40)
+
+    with calls_in_background(stub, with_streams=True) as outcomes:
+        time.sleep(1)
+        stopped_at = time.monotonic()
+        os.kill(pid, signal.SIGTERM)
+        drained = list(streams[victim])
+        wait_for(
+            lambda: envoy_stack.generation_hosts()[victim] is False,
+            15,
+            "Envoy marks the draining replica unhealthy",
+        )
+        taken_out_at = time.monotonic()
+        time.sleep(2)
+
+    assert drained[-1].finish_reason == generation_pb2.FINISH_REASON_LENGTH
+    assert list(streams[survivor])[-1].finish_reason == generation_pb2.FINISH_REASON_LENGTH
+    errors = [outcome for _, outcome in outcomes if outcome.startswith("error")]
+    assert not errors, errors[:5]
+    assert {u for t, u in outcomes if t < stopped_at} == {victim, survivor}
+    late = Counter(u for t, u in outcomes if t > taken_out_at)
+    assert set(late) == {survivor} and late[survivor] >= 5, late
+    wait_until_restarted_and_healthy(envoy_stack, name, pid)
+
+
+def test_killed_replica_is_taken_out_and_calls_keep_succeeding(envoy_stack, channel):
+    stub = generation_pb2_grpc.GenerationServiceStub(channel)
+    (victim_name, (victim_pid, victim)), (_, (_, survivor)) = sorted(envoy_stack.replicas().items())
+    assert envoy_stack.generation_hosts() == {victim: True, survivor: True}
+    # Long streams on both replicas, so one is cut by the kill and the other must not be.
+    streams = streams_on_each_replica(stub, max_tokens=4000)
+
+    # Unary calls only: a stream that has started on the killed replica is cut (below).
+    with calls_in_background(stub, with_streams=False) as outcomes:
+        time.sleep(2)
+        killed_at = time.monotonic()
+        os.kill(victim_pid, signal.SIGKILL)
         wait_for(
             lambda: envoy_stack.generation_hosts()[victim] is False,
             15,
             "Envoy marks the killed replica unhealthy",
         )
         time.sleep(3)
-    finally:
-        stop.set()
-        for thread in callers:
-            thread.join()
 
+    # Calls in flight on the killed replica were retried on the other: none failed.
     errors = [outcome for _, outcome in outcomes if outcome.startswith("error")]
     assert not errors, errors[:5]
     assert {u for t, u in outcomes if t < killed_at} == {victim, survivor}
@@ -405,27 +471,14 @@ def test_killed_replica_is_taken_out_and_calls_keep_succeeding(envoy_stack, chan
     assert next(streams[survivor]).token_ids
     streams[survivor].cancel()
 
-    # New streams and OpenAI requests keep succeeding on the survivor.
-    call = generate(stub, "Name a color.", max_tokens=4)
-    assert list(call)[-1].usage.completion_tokens > 0
-    assert dict(call.initial_metadata())[UPSTREAM_HEADER] == survivor
+    # OpenAI requests keep succeeding too.
     client = openai.OpenAI(base_url=f"{envoy_stack.http_base}/v1", api_key="x", max_retries=0)
     reply = client.chat.completions.create(
         model=DEFAULT_CHAT_MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=4
     )
     assert reply.usage.completion_tokens > 0
 
-    # The launcher restarts the replica on its port; Envoy's health check brings it back.
-    wait_for(
-        lambda: envoy_stack.replicas()[victim_name][0] != victim_pid,
-        30,
-        "the launcher restarts the killed replica",
-    )
-    wait_for(
-        lambda: envoy_stack.generation_hosts() == {victim: True, survivor: True},
-        180,
-        "the restarted replica is healthy in Envoy",
-    )
+    wait_until_restarted_and_healthy(envoy_stack, victim_name, victim_pid)
     back = Counter()
     deadline = time.monotonic() + 30
     while back[victim] == 0 and time.monotonic() < deadline:
