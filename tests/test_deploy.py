@@ -212,6 +212,14 @@ def compose_services(path: Path = COMPOSE) -> dict[str, dict]:
     return yaml.safe_load(path.read_text())["services"]
 
 
+def test_dockerfile_passes_hadolint(tmp_path):
+    result = run(str(BIN / "hadolint"), "--no-color", str(DOCKERFILE))
+    assert result.returncode == 0, result.stdout + result.stderr
+    sloppy = tmp_path / "Dockerfile"
+    sloppy.write_text("FROM python:3.11-slim\nRUN apt-get update && apt-get install curl\n")
+    assert run(str(BIN / "hadolint"), "--no-color", str(sloppy)).returncode != 0
+
+
 def test_compose_build_contexts_dockerfiles_and_targets_exist():
     stages = dockerfile_stages()
     built = {}
@@ -235,9 +243,14 @@ def test_compose_build_contexts_dockerfiles_and_targets_exist():
         "retrieval",
         "edge",
     }
-    # Every file a stage copies from the context exists (pending services excepted).
+    # Every file a stage copies from the context exists (pending services excepted) and is
+    # sent to the builder: .dockerignore excludes everything but what it re-includes.
+    ignore = (REPO / ".dockerignore").read_text().splitlines()
+    assert "*" in ignore
+    included = [line[1:].rstrip("/") for line in ignore if line.startswith("!")]
     for name, stage in stages.items():
         for source in stage["copies"]:
+            assert any(source == i or source.startswith(f"{i}/") for i in included), source
             if source.rstrip("/") in PENDING.values() and not (REPO / source).exists():
                 continue
             assert (REPO / source).exists(), (name, source)
@@ -251,7 +264,7 @@ def test_compose_health_check_runs_a_command_its_image_has(name):
     assert test[:4] == ["CMD", "python", "-m", "services.common.healthcheck"], test
     module_path = REPO / "services" / "common" / "healthcheck.py"
     assert module_path.is_file() and "services/common" in stage["copies"]
-    assert stage["user"] == "llmserve", "images run as the unprivileged user"
+    assert stage["user"] == "10001:10001", "images run as the unprivileged user llmserve"
     kind, address = test[4], test[5]
     if kind == "grpc":
         port = address.rsplit(":", 1)[1]
