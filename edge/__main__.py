@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import uvicorn
 
 from edge.app import build_app
@@ -12,6 +14,10 @@ from services.common.logs import setup_logging
 def main() -> None:
     settings = EdgeSettings()
     setup_logging(settings.log_level, "edge")
+    # Envoy and the orchestrators poll /health every few seconds; keep them out of the log.
+    logging.getLogger("uvicorn.access").addFilter(
+        lambda record: "/health " not in record.getMessage()
+    )
     uvicorn.run(
         build_app(settings),
         host=settings.host,

@@ -17,6 +17,10 @@ def select_providers(device: str) -> list[str]:
         if "CUDAExecutionProvider" not in available:
             logger.warning("CUDA requested but not available (have %s); using CPU", available)
             return ["CPUExecutionProvider"]
+        if hasattr(ort, "preload_dlls"):
+            # onnxruntime-gpu finds the CUDA and cuDNN libraries that pip installed (the
+            # nvidia-* wheels of its [cuda,cudnn] extras) only when asked to load them.
+            ort.preload_dlls()
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
 

@@ -5,6 +5,11 @@ together, then retrieval (it embeds through the embedding service), then the edg
 for the services it needs to be healthy. A service that dies is restarted. Ctrl-C or SIGTERM
 stops them in reverse order. Ports come from the services' own settings: REGISTRY_PORT,
 GENERATION_PORT, EMBEDDING_PORT, RETRIEVAL_PORT, EDGE_PORT.
+
+With GENERATION_REPLICAS or EDGE_REPLICAS above 1 (or ENVOY_ENABLED=true) it starts the
+topology of docker-compose.yml instead: Envoy takes EDGE_PORT (OpenAI API) and
+ENVOY_GRPC_PORT (internal gRPC), the replicas listen on free loopback ports behind it, and
+the edges reach the services through Envoy.
 """
 
 from __future__ import annotations
@@ -13,29 +18,30 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from edge.settings import EdgeSettings
+from services.common.healthcheck import grpc_serving, http_ok
 from services.common.logs import setup_logging
 from services.embedding.settings import EmbeddingSettings
 from services.generation.settings import GenerationSettings
+from services.launcher import envoy
+from services.launcher.settings import LauncherSettings
 from services.registry.defaults import DEFAULT_CHAT_MODEL, DEFAULT_EMBEDDING_MODEL
 from services.registry.settings import RegistrySettings
 from services.retrieval.settings import RetrievalSettings
 
 logger = logging.getLogger("launcher")
 
-# First start exports the default model (about two minutes here); later starts take seconds.
+# First start exports the default models (about two minutes here); later starts take seconds.
 REGISTRY_START_TIMEOUT_S = 1800.0
 SERVICE_START_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 20.0
@@ -47,12 +53,26 @@ RESTART_WINDOW_S = 300.0
 @dataclass
 class Service:
     name: str
-    module: str
+    argv: list[str]
     env: dict[str, str]
     ready: Callable[[], bool]
-    start_timeout_s: float
+    start_timeout_s: float = SERVICE_START_TIMEOUT_S
+    # Where it listens, for the log.
+    address: str = ""
     process: subprocess.Popen | None = None
     restarts: list[float] = field(default_factory=list)
+
+
+def python_module(module: str) -> list[str]:
+    return [sys.executable, "-m", module]
+
+
+def grpc_ready(address: str) -> Callable[[], bool]:
+    return lambda: grpc_serving(address, timeout_s=1.0)
+
+
+def http_ready(url: str) -> Callable[[], bool]:
+    return lambda: http_ok(url, 1.0)
 
 
 class Stack:
@@ -65,16 +85,16 @@ class Stack:
         for service in services:
             if service not in self.services:
                 self.services.append(service)
-            service.process = subprocess.Popen(
-                [sys.executable, "-m", service.module], env={**os.environ, **service.env}
-            )
-            logger.info("started %s (pid %d)", service.name, service.process.pid)
+            service.process = subprocess.Popen(service.argv, env={**os.environ, **service.env})
+            where = f" on {service.address}" if service.address else ""
+            logger.info("started %s (pid %d)%s", service.name, service.process.pid, where)
         for service in services:
-            self._wait_healthy(service)
+            self.wait_until(service, service.ready, f"{service.name} is healthy")
 
-    def _wait_healthy(self, service: Service) -> None:
+    def wait_until(self, service: Service, ready: Callable[[], bool], what: str) -> None:
+        """Waits for `ready` while `service` runs, for at most its start timeout."""
         deadline = time.monotonic() + service.start_timeout_s
-        while not service.ready():
+        while not ready():
             if service.process.poll() is not None:
                 raise RuntimeError(
                     f"{service.name} exited with status {service.process.returncode} while starting"
@@ -82,11 +102,9 @@ class Stack:
             if self.stopping.is_set():
                 raise KeyboardInterrupt
             if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"{service.name} did not become healthy within {service.start_timeout_s:.0f}s"
-                )
+                raise RuntimeError(f"not true within {service.start_timeout_s:.0f}s: {what}")
             self.stopping.wait(0.25)
-        logger.info("%s is healthy", service.name)
+        logger.info("%s", what)
 
     def supervise(self) -> None:
         """Until a signal arrives: restarts a service that died, unless it keeps dying."""
@@ -116,29 +134,10 @@ class Stack:
                 service.process.wait()
 
 
-def grpc_healthy(address: str):
-    def check() -> bool:
-        with grpc.insecure_channel(address) as channel:
-            try:
-                response = health_pb2_grpc.HealthStub(channel).Check(
-                    health_pb2.HealthCheckRequest(), timeout=1.0
-                )
-            except grpc.RpcError:
-                return False
-        return response.status == health_pb2.HealthCheckResponse.SERVING
-
-    return check
-
-
-def http_healthy(url: str):
-    def check() -> bool:
-        try:
-            with urllib.request.urlopen(url, timeout=1.0) as response:
-                return response.status == 200
-        except OSError:
-            return False
-
-    return check
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def admin_token(path: Path) -> str:
@@ -153,96 +152,240 @@ def admin_token(path: Path) -> str:
     return token
 
 
-def main() -> None:
-    setup_logging("INFO", "launcher")
-    registry = RegistrySettings()
+@dataclass(frozen=True)
+class Topology:
+    """Where each service listens, and where its callers reach it."""
+
+    registry: str
+    generation: list[str]
+    embedding: str
+    retrieval: str
+    edges: list[str]
+    # What the edges dial for generation, embedding and retrieval (Envoy's gRPC front when
+    # there is one).
+    generation_front: str
+    embedding_front: str
+    retrieval_front: str
+
+
+def services_for(topology: Topology, edge_admin_token: str) -> list[list[Service]]:
+    """The stack's services in start order; each group starts together."""
+    generation = GenerationSettings()
+    embedding = EmbeddingSettings()
+    registry = topology.registry
+    replicas = len(topology.generation) > 1 or len(topology.edges) > 1
+
+    def listen(prefix: str, address: str) -> dict[str, str]:
+        host, port = address.rsplit(":", 1)
+        return {f"{prefix}_HOST": host, f"{prefix}_PORT": port}
+
+    generations = [
+        Service(
+            f"generation-{i}" if replicas else "generation",
+            python_module("services.generation"),
+            {
+                **listen("GENERATION", address),
+                "GENERATION_REGISTRY_ADDR": registry,
+                "GENERATION_PRELOAD_MODELS": generation.preload_models or DEFAULT_CHAT_MODEL,
+            },
+            grpc_ready(address),
+            address=address,
+        )
+        for i, address in enumerate(topology.generation, start=1)
+    ]
+    embedding_service = Service(
+        "embedding",
+        python_module("services.embedding"),
+        {
+            **listen("EMBEDDING", topology.embedding),
+            "EMBEDDING_REGISTRY_ADDR": registry,
+            "EMBEDDING_PRELOAD_MODELS": embedding.preload_models or DEFAULT_EMBEDDING_MODEL,
+        },
+        grpc_ready(topology.embedding),
+        address=topology.embedding,
+    )
+    retrieval_service = Service(
+        "retrieval",
+        python_module("services.retrieval"),
+        {
+            **listen("RETRIEVAL", topology.retrieval),
+            "RETRIEVAL_EMBEDDING_ADDR": topology.embedding_front,
+        },
+        grpc_ready(topology.retrieval),
+        address=topology.retrieval,
+    )
+    edges = [
+        Service(
+            f"edge-{i}" if replicas else "edge",
+            python_module("edge"),
+            {
+                **listen("EDGE", address),
+                "EDGE_REGISTRY_ADDR": registry,
+                "EDGE_GENERATION_ADDR": topology.generation_front,
+                "EDGE_EMBEDDING_ADDR": topology.embedding_front,
+                "EDGE_RETRIEVAL_ADDR": topology.retrieval_front,
+                "EDGE_ADMIN_TOKEN": edge_admin_token,
+            },
+            http_ready(f"http://{address}/health"),
+            address=address,
+        )
+        for i, address in enumerate(topology.edges, start=1)
+    ]
+    return [[*generations, embedding_service], [retrieval_service], edges]
+
+
+def direct_topology(registry: str) -> Topology:
     generation = GenerationSettings()
     embedding = EmbeddingSettings()
     retrieval = RetrievalSettings()
+    edge = EdgeSettings()
+    generation_addr = f"{generation.host}:{generation.port}"
+    embedding_addr = f"{embedding.host}:{embedding.port}"
+    retrieval_addr = f"{retrieval.host}:{retrieval.port}"
+    return Topology(
+        registry=registry,
+        generation=[generation_addr],
+        embedding=embedding_addr,
+        retrieval=retrieval_addr,
+        edges=[f"{edge.host}:{edge.port}"],
+        generation_front=generation_addr,
+        embedding_front=embedding_addr,
+        retrieval_front=retrieval_addr,
+    )
+
+
+def envoy_topology(registry: str, launcher: LauncherSettings) -> Topology:
+    """Replicas on free loopback ports; their callers go through Envoy's gRPC listener."""
+    front = f"127.0.0.1:{launcher.envoy_grpc_port}"
+    return Topology(
+        registry=registry,
+        generation=[f"127.0.0.1:{free_port()}" for _ in range(launcher.generation_replicas)],
+        embedding=f"127.0.0.1:{free_port()}",
+        retrieval=f"127.0.0.1:{free_port()}",
+        edges=[f"127.0.0.1:{free_port()}" for _ in range(launcher.edge_replicas)],
+        generation_front=front,
+        embedding_front=front,
+        retrieval_front=front,
+    )
+
+
+def envoy_service(topology: Topology, launcher: LauncherSettings, config_dir: Path) -> Service:
+    edge = EdgeSettings()
+    config = envoy.render_config(
+        launcher.envoy_config,
+        listen_host=edge.host,
+        http_port=edge.port,
+        grpc_port=launcher.envoy_grpc_port,
+        admin_port=launcher.envoy_admin_port,
+        upstreams={
+            "registry": [topology.registry],
+            "generation": topology.generation,
+            "embedding": [topology.embedding],
+            "retrieval": [topology.retrieval],
+            "edge": topology.edges,
+        },
+    )
+    config_path = envoy.write_config(config, config_dir / "envoy.json")
+    binary = envoy.find_envoy(launcher.envoy_binary)
+    admin = f"http://127.0.0.1:{launcher.envoy_admin_port}/ready"
+    return Service(
+        "envoy",
+        envoy.envoy_command(binary, config_path, launcher.envoy_log_level),
+        {},
+        http_ready(admin),
+    )
+
+
+def all_hosts_healthy(topology: Topology, admin_port: int) -> Callable[[], bool]:
+    expected = {
+        "registry": 1,
+        "generation": len(topology.generation),
+        "embedding": 1,
+        "retrieval": 1,
+        "edge": len(topology.edges),
+    }
+
+    def check() -> bool:
+        try:
+            clusters = envoy.cluster_hosts(admin_port, 1.0)
+        except OSError:
+            return False
+        return all(
+            sum(host.healthy for host in clusters.get(name, [])) == count
+            for name, count in expected.items()
+        )
+
+    return check
+
+
+def main() -> None:
+    setup_logging("INFO", "launcher")
+    registry = RegistrySettings()
+    launcher = LauncherSettings()
     edge = EdgeSettings()
     registry_addr = f"{registry.host}:{registry.port}"
     admin_token_path = registry.dev_key_path.parent / "admin-token"
     edge_admin_token = (
         edge.admin_token.get_secret_value() if edge.admin_token else admin_token(admin_token_path)
     )
-    generation_addr = f"{generation.host}:{generation.port}"
-    embedding_addr = f"{embedding.host}:{embedding.port}"
-    retrieval_addr = f"{retrieval.host}:{retrieval.port}"
+    base = f"http://{edge.host}:{edge.port}"
 
     stack = Stack()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stack.stopping.set())
-    base = f"http://{edge.host}:{edge.port}"
-    registry_service = Service(
-        "registry", "services.registry", {}, grpc_healthy(registry_addr), REGISTRY_START_TIMEOUT_S
-    )
-    generation_service = Service(
-        "generation",
-        "services.generation",
-        {
-            "GENERATION_REGISTRY_ADDR": registry_addr,
-            "GENERATION_PRELOAD_MODELS": generation.preload_models or DEFAULT_CHAT_MODEL,
-        },
-        grpc_healthy(generation_addr),
-        SERVICE_START_TIMEOUT_S,
-    )
-    embedding_service = Service(
-        "embedding",
-        "services.embedding",
-        {
-            "EMBEDDING_REGISTRY_ADDR": registry_addr,
-            "EMBEDDING_PRELOAD_MODELS": embedding.preload_models or DEFAULT_EMBEDDING_MODEL,
-        },
-        grpc_healthy(embedding_addr),
-        SERVICE_START_TIMEOUT_S,
-    )
-    retrieval_service = Service(
-        "retrieval",
-        "services.retrieval",
-        {"RETRIEVAL_EMBEDDING_ADDR": embedding_addr},
-        grpc_healthy(retrieval_addr),
-        SERVICE_START_TIMEOUT_S,
-    )
-    edge_service = Service(
-        "edge",
-        "edge",
-        {
-            "EDGE_REGISTRY_ADDR": registry_addr,
-            "EDGE_GENERATION_ADDR": generation_addr,
-            "EDGE_EMBEDDING_ADDR": embedding_addr,
-            "EDGE_RETRIEVAL_ADDR": retrieval_addr,
-            "EDGE_ADMIN_TOKEN": edge_admin_token,
-        },
-        http_healthy(f"{base}/health"),
-        SERVICE_START_TIMEOUT_S,
-    )
-    # Each group starts together once the groups before it are healthy.
-    groups = [
-        [registry_service],
-        [generation_service, embedding_service],
-        [retrieval_service],
-        [edge_service],
-    ]
-    try:
-        for group in groups:
-            stack.start(*group)
-        if edge.auth_enabled:
-            logger.info(
-                "development API key in %s (export OPENAI_API_KEY=$(cat %s))",
-                registry.dev_key_path,
-                registry.dev_key_path,
+    with tempfile.TemporaryDirectory(prefix="llmserve-launcher-") as config_dir:
+        try:
+            stack.start(
+                Service(
+                    "registry",
+                    python_module("services.registry"),
+                    {},
+                    grpc_ready(registry_addr),
+                    REGISTRY_START_TIMEOUT_S,
+                )
             )
-        if not edge.admin_token:
-            logger.info("admin token for %s/admin/v1 in %s", base, admin_token_path)
-        logger.info("ready: OpenAI API at %s/v1 (Ctrl-C stops)", base)
-        stack.supervise()
-    except KeyboardInterrupt:
-        pass
-    except RuntimeError as error:
-        logger.error("%s", error)
+            front = None
+            if launcher.behind_envoy:
+                topology = envoy_topology(registry_addr, launcher)
+                # Envoy first, as in compose: callers reach the services through it.
+                front = envoy_service(topology, launcher, Path(config_dir))
+                stack.start(front)
+            else:
+                topology = direct_topology(registry_addr)
+            for group in services_for(topology, edge_admin_token):
+                stack.start(*group)
+            if front is not None:
+                stack.wait_until(
+                    front,
+                    all_hosts_healthy(topology, launcher.envoy_admin_port),
+                    "every replica is healthy in Envoy",
+                )
+                logger.info(
+                    "gRPC at %s:%d through Envoy; Envoy admin at http://127.0.0.1:%d; "
+                    "%d generation and %d edge replicas",
+                    edge.host,
+                    launcher.envoy_grpc_port,
+                    launcher.envoy_admin_port,
+                    len(topology.generation),
+                    len(topology.edges),
+                )
+            if edge.auth_enabled:
+                logger.info(
+                    "development API key in %s (export OPENAI_API_KEY=$(cat %s))",
+                    registry.dev_key_path,
+                    registry.dev_key_path,
+                )
+            if not edge.admin_token:
+                logger.info("admin token for %s/admin/v1 in %s", base, admin_token_path)
+            logger.info("ready: OpenAI API at %s/v1 (Ctrl-C stops)", base)
+            stack.supervise()
+        except KeyboardInterrupt:
+            pass
+        except RuntimeError as error:
+            logger.error("%s", error)
+            stack.stop()
+            sys.exit(1)
         stack.stop()
-        sys.exit(1)
-    stack.stop()
 
 
 if __name__ == "__main__":
