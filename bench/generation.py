@@ -34,10 +34,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from services.common.domain import ChatMessage, SamplingParams  # noqa: E402
+from services.common.onnx_runtime import select_providers  # noqa: E402
 from services.common.records import CHAT_MODEL_FILES, ModelKind  # noqa: E402
 from services.generation.chat_template import ChatTemplate  # noqa: E402
 from services.generation.engine import GenerationEngine  # noqa: E402
-from services.generation.onnx_model import OnnxCausalLM, select_providers  # noqa: E402
+from services.generation.onnx_model import OnnxCausalLM  # noqa: E402
 from services.generation.sampler import ResolvedSampling  # noqa: E402
 from services.generation.tokenizer import TextTokenizer  # noqa: E402
 from services.registry.defaults import DEFAULT_CHAT_MODEL, smollm2_gguf  # noqa: E402
