@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha import reflection
 
 from services.common.errors import ERROR_CODE_KEY, ERROR_PARAM_KEY, ServiceError
 from services.common.logs import REQUEST_ID_METADATA_KEY, request_id_var
+from services.common.settings import ServiceSettings
 
 logger = logging.getLogger(__name__)
 
@@ -126,3 +127,17 @@ async def start_server(
 
 def insecure_channel(address: str) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+
+
+async def serve_until_signalled(
+    settings: ServiceSettings, add_to_server: Callable, servicer, pb2_module, service: str
+) -> None:
+    """Serves one servicer (plus health and reflection) on the settings' host and port until
+    SIGTERM or SIGINT, then drains for the settings' grace period."""
+
+    def register(server):
+        add_to_server(servicer, server)
+        return [service_name(pb2_module, service)]
+
+    server = await start_server(f"{settings.host}:{settings.port}", register)
+    await server.serve_until_signalled(settings.shutdown_grace_s)

@@ -10,7 +10,7 @@ from llmserve.embedding.v1 import embedding_pb2, embedding_pb2_grpc
 from services.common.logs import setup_logging
 from services.common.onnx_runtime import select_providers
 from services.common.registry_client import RegistryClient
-from services.common.rpc import service_name, start_server
+from services.common.rpc import serve_until_signalled
 from services.common.settings import split_names
 from services.embedding.embedder import BatcherConfig, Embedder
 from services.embedding.servicer import EmbeddingServicer
@@ -37,15 +37,14 @@ async def serve(settings: EmbeddingSettings) -> None:
     for name in split_names(settings.preload_models):
         await embedder.get(name)
 
-    def register(server):
-        embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server(
-            EmbeddingServicer(embedder), server
-        )
-        return [service_name(embedding_pb2, "EmbeddingService")]
-
-    server = await start_server(f"{settings.host}:{settings.port}", register)
     try:
-        await server.serve_until_signalled(settings.shutdown_grace_s)
+        await serve_until_signalled(
+            settings,
+            embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server,
+            EmbeddingServicer(embedder),
+            embedding_pb2,
+            "EmbeddingService",
+        )
     finally:
         embedder.close()
         await registry.close()

@@ -11,7 +11,7 @@ from llmserve.generation.v1 import generation_pb2, generation_pb2_grpc
 from services.common.logs import setup_logging
 from services.common.onnx_runtime import select_providers
 from services.common.registry_client import RegistryClient
-from services.common.rpc import service_name, start_server
+from services.common.rpc import serve_until_signalled
 from services.common.settings import split_names
 from services.generation.model_pool import ModelPool
 from services.generation.servicer import GenerationServicer
@@ -37,15 +37,14 @@ async def serve(settings: GenerationSettings) -> None:
     for name in split_names(settings.preload_models):
         await pool.get(name)
 
-    def register(server):
-        generation_pb2_grpc.add_GenerationServiceServicer_to_server(
-            GenerationServicer(pool), server
-        )
-        return [service_name(generation_pb2, "GenerationService")]
-
-    server = await start_server(f"{settings.host}:{settings.port}", register)
     try:
-        await server.serve_until_signalled(settings.shutdown_grace_s)
+        await serve_until_signalled(
+            settings,
+            generation_pb2_grpc.add_GenerationServiceServicer_to_server,
+            GenerationServicer(pool),
+            generation_pb2,
+            "GenerationService",
+        )
     finally:
         pool.close()
         await registry.close()

@@ -11,7 +11,7 @@ import logging
 from llmserve.registry.v1 import registry_pb2, registry_pb2_grpc
 from services.common.errors import ServiceError
 from services.common.logs import setup_logging
-from services.common.rpc import service_name, start_server
+from services.common.rpc import serve_until_signalled
 from services.registry.cli import build_parser, progress_bar, run
 from services.registry.defaults import ensure_defaults
 from services.registry.importer import ModelImporter
@@ -23,14 +23,13 @@ logger = logging.getLogger("services.registry")
 
 
 async def serve(settings: RegistrySettings, store: RegistryStore, importer: ModelImporter):
-    def register(server):
-        registry_pb2_grpc.add_RegistryServiceServicer_to_server(
-            RegistryServicer(store, importer), server
-        )
-        return [service_name(registry_pb2, "RegistryService")]
-
-    server = await start_server(f"{settings.host}:{settings.port}", register)
-    await server.serve_until_signalled(settings.shutdown_grace_s)
+    await serve_until_signalled(
+        settings,
+        registry_pb2_grpc.add_RegistryServiceServicer_to_server,
+        RegistryServicer(store, importer),
+        registry_pb2,
+        "RegistryService",
+    )
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ import logging
 from llmserve.retrieval.v1 import retrieval_pb2, retrieval_pb2_grpc
 from services.common.embedding_client import EmbeddingClient
 from services.common.logs import setup_logging
-from services.common.rpc import service_name, start_server
+from services.common.rpc import serve_until_signalled
 from services.retrieval.core import RetrievalCore, RetrievalDefaults
 from services.retrieval.domain import ChunkSettings
 from services.retrieval.files import FileStore
@@ -50,13 +50,14 @@ async def serve(settings: RetrievalSettings) -> None:
     embedding = EmbeddingClient(settings.embedding_addr)
     core = RetrievalCore(store, files, embedding, defaults_of(settings))
 
-    def register(server):
-        retrieval_pb2_grpc.add_RetrievalServiceServicer_to_server(RetrievalServicer(core), server)
-        return [service_name(retrieval_pb2, "RetrievalService")]
-
-    server = await start_server(f"{settings.host}:{settings.port}", register)
     try:
-        await server.serve_until_signalled(settings.shutdown_grace_s)
+        await serve_until_signalled(
+            settings,
+            retrieval_pb2_grpc.add_RetrievalServiceServicer_to_server,
+            RetrievalServicer(core),
+            retrieval_pb2,
+            "RetrievalService",
+        )
     finally:
         await embedding.close()
         files.close()
