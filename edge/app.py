@@ -28,7 +28,11 @@ def build_app(settings: EdgeSettings) -> FastAPI:
 
     app = FastAPI(title="llmserve", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        max_upload_bytes=settings.max_upload_bytes,
+    )
     app.add_middleware(MetricsMiddleware)
 
     api = APIRouter(dependencies=[Depends(authenticate)])

@@ -11,18 +11,25 @@ class BodyTooLarge(Exception):
     pass
 
 
+# Routes that take document uploads get the larger upload limit.
+UPLOAD_ROUTES = ("/v1/files", "/v1/create/rag")
+
+
 class BodyLimitMiddleware:
-    def __init__(self, app, max_body_bytes: int):
+    def __init__(self, app, max_body_bytes: int, max_upload_bytes: int):
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.max_upload_bytes = max_upload_bytes
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        upload = scope["path"].endswith(UPLOAD_ROUTES)
+        limit = self.max_upload_bytes if upload else self.max_body_bytes
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            await self._refuse(send)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self._refuse(send, limit)
             return
         received = 0
         started = False
@@ -32,7 +39,7 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
+                if received > limit:
                     raise BodyTooLarge
             return message
 
@@ -45,12 +52,12 @@ class BodyLimitMiddleware:
             await self.app(scope, counting_receive, tracking_send)
         except BodyTooLarge:
             if not started:
-                await self._refuse(send)
+                await self._refuse(send, limit)
 
-    async def _refuse(self, send) -> None:
+    async def _refuse(self, send, limit: int) -> None:
         body = json.dumps(
             envelope(
-                f"Request body too large; the limit is {self.max_body_bytes} bytes.",
+                f"Request body too large; the limit is {limit} bytes.",
                 "invalid_request_error",
                 code="request_too_large",
             )

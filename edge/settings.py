@@ -32,6 +32,9 @@ class EdgeSettings(BaseSettings):
     admin_token: SecretStr | None = None
     # Larger request bodies are refused with 413.
     max_body_bytes: int = 8 * 1024 * 1024
+    # The same for document uploads (/v1/files, /v1/create/rag): the retrieval service's
+    # 32 MiB file limit plus room for the multipart framing.
+    max_upload_bytes: int = 33 * 1024 * 1024
     # Terms used by servings whose moderation is on but lists no terms (comma separated).
     moderation_default_terms: str = ""
     # Usage records are sent to the registry in batches this often, or when this many wait.

@@ -256,6 +256,20 @@ def test_body_over_the_limit_is_413(stack):
     )
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "request_too_large"
+    # Uploads have their own, larger limit: this one reaches the retrieval service.
+    upload = stack.http.post(
+        f"{stack.base_url}/v1/files",
+        files={"file": ("big.txt", b"word " * (2 * 1024 * 1024))},
+        data={"purpose": "assistants"},
+        timeout=60,
+    )
+    assert upload.status_code == 200, upload.text
+    too_big = stack.http.post(
+        f"{stack.base_url}/v1/files",
+        files={"file": ("huge.txt", b"x" * (34 * 1024 * 1024))},
+        timeout=60,
+    )
+    assert too_big.status_code == 413
 
 
 def moderated(admin: Admin, action: str, terms: list[str]) -> tuple[dict, dict]:
