@@ -85,7 +85,11 @@ class Stack:
         for service in services:
             if service not in self.services:
                 self.services.append(service)
-            service.process = subprocess.Popen(service.argv, env={**os.environ, **service.env})
+            # Own session: a Ctrl-C reaches only the launcher, which then stops the services
+            # in reverse order, so the edge can still flush its usage log to the registry.
+            service.process = subprocess.Popen(
+                service.argv, env={**os.environ, **service.env}, start_new_session=True
+            )
             where = f" on {service.address}" if service.address else ""
             logger.info("started %s (pid %d)%s", service.name, service.process.pid, where)
         for service in services:
@@ -121,11 +125,13 @@ class Stack:
                 self.start(service)
 
     def stop(self) -> None:
-        running = [s for s in reversed(self.services) if s.process and s.process.poll() is None]
-        for service in running:
+        """Stops services one at a time in reverse start order: callers go before the services
+        they call (the edge flushes its usage log while the registry still runs)."""
+        for service in reversed(self.services):
+            if not service.process or service.process.poll() is not None:
+                continue
             logger.info("stopping %s", service.name)
             service.process.terminate()
-        for service in running:
             try:
                 service.process.wait(STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
