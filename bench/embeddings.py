@@ -25,6 +25,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 
@@ -52,14 +53,16 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def own_services() -> Iterator[str]:
-    """Registry + embedding service + edge on free ports; yields the edge's /v1 URL."""
+def own_services() -> Iterator[tuple[str, str]]:
+    """Registry + embedding service + edge on free ports; yields the edge's /v1 URL and the
+    development API key the registry issued."""
     ports = {name: free_port() for name in ("registry", "embedding", "edge")}
     with tempfile.TemporaryDirectory() as data:
         env = {
             **os.environ,
             "REGISTRY_PORT": str(ports["registry"]),
             "REGISTRY_DB_PATH": f"{data}/registry.db",
+            "REGISTRY_DEV_KEY_PATH": f"{data}/dev-api-key",
             "EMBEDDING_PORT": str(ports["embedding"]),
             "EMBEDDING_REGISTRY_ADDR": f"127.0.0.1:{ports['registry']}",
             "EMBEDDING_PRELOAD_MODELS": DEFAULT_EMBEDDING_MODEL,
@@ -78,26 +81,30 @@ def own_services() -> Iterator[str]:
                 # Each needs the previous one; the registry may import default models first.
                 time.sleep(3)
             base = f"http://127.0.0.1:{ports['edge']}"
-            wait_ready(base, children)
-            yield f"{base}/v1"
+            key = wait_ready(base, children, Path(data) / "dev-api-key")
+            yield f"{base}/v1", key
         finally:
             for child in reversed(children):
                 child.terminate()
                 child.wait(30)
 
 
-def wait_ready(base: str, children: list[subprocess.Popen]) -> None:
+def wait_ready(base: str, children: list[subprocess.Popen], key_path: Path) -> str:
+    """Waits until an embedding goes through; returns the API key used."""
     body = b'{"model": "%s", "input": "warm up"}' % DEFAULT_EMBEDDING_MODEL.encode()
     for _ in range(600):
         if any(child.poll() is not None for child in children):
             raise RuntimeError("a service exited while starting")
-        request = urllib.request.Request(
-            f"{base}/v1/embeddings", body, {"content-type": "application/json"}
-        )
         with contextlib.suppress(OSError):
+            key = key_path.read_text().strip()
+            request = urllib.request.Request(
+                f"{base}/v1/embeddings",
+                body,
+                {"content-type": "application/json", "authorization": f"Bearer {key}"},
+            )
             with urllib.request.urlopen(request, timeout=5) as response:
                 if response.status == 200:
-                    return
+                    return key
         time.sleep(0.5)
     raise RuntimeError("services did not become ready")
 
@@ -136,6 +143,7 @@ def pytorch_embedder() -> Callable[[list[str]], np.ndarray]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--base-url", default="")
+    parser.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY", ""))
     parser.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args()
     import base64
@@ -145,8 +153,13 @@ def main() -> None:
 
     reference = pytorch_embedder()
     with contextlib.ExitStack() as stack:
-        base_url = args.base_url or stack.enter_context(own_services())
-        client = stack.enter_context(httpx.Client(timeout=120))
+        if args.base_url:
+            base_url, key = args.base_url, args.api_key
+        else:
+            base_url, key = stack.enter_context(own_services())
+        client = stack.enter_context(
+            httpx.Client(timeout=120, headers={"authorization": f"Bearer {key}"})
+        )
 
         def served(texts: list[str]) -> np.ndarray:
             # base64, the wire format the openai SDK asks for; decoded as the SDK does.

@@ -87,6 +87,10 @@ def main() -> None:
         "EDGE_PORT": str(free_port()),
         "ENVOY_GRPC_PORT": str(grpc_port),
         "ENVOY_ADMIN_PORT": str(free_port()),
+        # Keep the bench's stack out of the user's data directory.
+        "REGISTRY_DEV_KEY_PATH": str(data / "dev-api-key"),
+        "RETRIEVAL_DATA_DIR": str(data / "retrieval"),
+        "EDGE_ADMIN_TOKEN": "bench",
     }
     log_path = data / "stack.log"
     with log_path.open("w") as log:

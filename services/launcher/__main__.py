@@ -179,7 +179,8 @@ def services_for(topology: Topology, edge_admin_token: str) -> list[list[Service
     generation = GenerationSettings()
     embedding = EmbeddingSettings()
     registry = topology.registry
-    replicas = len(topology.generation) > 1 or len(topology.edges) > 1
+    # Behind Envoy, replicas are numbered (generation-1, ...) even when there is one.
+    replicas = topology.generation_front not in topology.generation
 
     def listen(prefix: str, address: str) -> dict[str, str]:
         host, port = address.rsplit(":", 1)
