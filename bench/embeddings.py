@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from services.common.local import free_port
 from services.registry.defaults import DEFAULT_EMBEDDING_MODEL, minilm_checkpoint
 
 BATCHES = (1, 8, 32)
@@ -44,12 +44,6 @@ ENDINGS = [
 def sentences(count: int) -> list[str]:
     """Varied sentences of roughly 6 to 30 tokens, like chunks and questions."""
     return [f"{SUBJECTS[i % 6]} {ENDINGS[i % 4]} ({i})" for i in range(count)]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager

@@ -15,7 +15,6 @@ import json
 import os
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,15 +26,10 @@ import grpc
 
 from llmserve.common.v1 import common_pb2
 from llmserve.generation.v1 import generation_pb2, generation_pb2_grpc
+from services.common.local import free_port
 from services.registry.defaults import DEFAULT_CHAT_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def messages(text: str) -> list[common_pb2.ChatMessage]:

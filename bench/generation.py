@@ -19,7 +19,6 @@ import itertools
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from services.common.domain import ChatMessage, SamplingParams  # noqa: E402
+from services.common.local import free_port  # noqa: E402
 from services.common.onnx_runtime import select_providers  # noqa: E402
 from services.common.records import CHAT_MODEL_FILES, ModelKind  # noqa: E402
 from services.generation.chat_template import ChatTemplate  # noqa: E402
@@ -100,12 +100,6 @@ def percentile(values: list[float], p: float) -> float:
     if len(values) == 1:
         return values[0]
     return statistics.quantiles(values, n=100, method="inclusive")[int(p) - 1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # Our stack over HTTP

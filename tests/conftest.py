@@ -6,15 +6,17 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import requests
 
+from services.common.local import free_port
 from services.common.records import ModelKind, ModelRecord
 from services.common.rpc import GrpcServer, start_server
 from services.registry.defaults import (
@@ -27,12 +29,6 @@ from services.registry.importer import ModelImporter
 from services.registry.settings import RegistrySettings
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -182,6 +178,33 @@ async def retrieval_server(tmp_path_factory, embedding_server):
     store.close()
 
 
+@contextmanager
+def launched_stack(env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen]:
+    """`python -m services.launcher` with `env`, logging to `log_path`; yields the launcher
+    once it reports ready, and stops it with SIGINT (what Ctrl-C sends) afterwards."""
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "services.launcher"],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 300
+    while "ready: OpenAI API" not in log_path.read_text(errors="replace"):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"stack did not start:\n{log_path.read_text(errors='replace')}")
+        time.sleep(0.5)
+    yield process
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail("launcher did not stop within 60 s of SIGINT")
+
+
 class RunningStack:
     def __init__(self, process: subprocess.Popen, base_url: str, log_path: Path, env: dict):
         self.process = process
@@ -228,26 +251,7 @@ def stack(tmp_path_factory, chat_model, embedding_model) -> RunningStack:
         "EDGE_CATALOG_TTL_S": "1",
     }
     log_path = data / "stack.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "services.launcher"],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + 300
-    while "ready: OpenAI API" not in log_path.read_text(errors="replace"):
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"stack did not start:\n{log_path.read_text(errors='replace')}")
-        time.sleep(0.5)
-    running = RunningStack(process, f"http://127.0.0.1:{edge_port}", log_path, env)
-    requests.get(f"{running.base_url}/health", timeout=5).raise_for_status()
-    yield running
-    process.send_signal(signal.SIGINT)
-    try:
-        process.wait(60)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        pytest.fail("launcher did not stop within 60 s of SIGINT")
+    with launched_stack(env, log_path) as process:
+        running = RunningStack(process, f"http://127.0.0.1:{edge_port}", log_path, env)
+        requests.get(f"{running.base_url}/health", timeout=5).raise_for_status()
+        yield running

@@ -27,7 +27,7 @@ import grpc
 import openai
 import pytest
 import requests
-from conftest import REPO, free_port
+from conftest import REPO, free_port, launched_stack
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -90,35 +90,15 @@ def envoy_stack(tmp_path_factory, chat_model) -> EnvoyStack:
         "GENERATION_INTRA_OP_THREADS": "1",
     }
     log_path = data / "stack.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "services.launcher"],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
+    with launched_stack(env, log_path) as process:
+        yield EnvoyStack(
+            process,
+            log_path,
+            f"http://127.0.0.1:{http_port}",
+            f"127.0.0.1:{grpc_port}",
+            admin_port,
+            data,
         )
-    stack = EnvoyStack(
-        process,
-        log_path,
-        f"http://127.0.0.1:{http_port}",
-        f"127.0.0.1:{grpc_port}",
-        admin_port,
-        data,
-    )
-    deadline = time.monotonic() + 300
-    while "ready: OpenAI API" not in stack.log():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"stack behind Envoy did not start:\n{stack.log()}")
-        time.sleep(0.5)
-    yield stack
-    process.send_signal(signal.SIGINT)
-    try:
-        process.wait(60)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        pytest.fail("launcher did not stop within 60 s of SIGINT")
 
 
 @pytest.fixture(scope="module")

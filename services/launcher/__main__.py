@@ -18,7 +18,6 @@ import logging
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,7 @@ from pathlib import Path
 
 from edge.settings import EdgeSettings
 from services.common.healthcheck import grpc_serving, http_ok
+from services.common.local import free_port, write_secret_file
 from services.common.logs import setup_logging
 from services.embedding.settings import EmbeddingSettings
 from services.generation.settings import GenerationSettings
@@ -140,21 +140,12 @@ class Stack:
                 service.process.wait()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def admin_token(path: Path) -> str:
     """The local admin token: reused from a file only its owner can read, or created there."""
     if path.exists():
         return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write(token + "\n")
+    write_secret_file(path, token)
     return token
 
 

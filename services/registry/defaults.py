@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 from pathlib import Path
 
 from services.common.errors import NotFound, Unauthenticated
+from services.common.local import write_secret_file
 from services.common.records import ModelKind, ServingRecord
 from services.registry.exporter import Progress
 from services.registry.importer import ModelImporter
@@ -74,10 +74,5 @@ def ensure_dev_key(store: RegistryStore, serving_id: int, path: Path) -> None:
         except Unauthenticated:
             logger.info("development key in %s is no longer valid; issuing a new one", path)
     key, secret = store.create_key(serving_id, name="development")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write(secret + "\n")
-    os.replace(temporary, path)
+    write_secret_file(path, secret)
     logger.info("issued development key %s for serving %d; secret in %s", key.id, serving_id, path)
