@@ -11,6 +11,7 @@ from edge.generation_client import Delta
 from edge.limits import Permit
 from edge.protocol import usage_dict
 from edge.usage import UsageRecorder
+from services.common.domain import now_ms
 from services.common.errors import Cancelled, ServiceError
 from services.common.records import UsageRecord, UsageStatus
 
@@ -39,7 +40,7 @@ class RequestTracker:
         self._access = access
         self._request_id = request_id
         self._endpoint = endpoint
-        self._created_at_unix_ms = int(time.time() * 1000)
+        self._created_at_unix_ms = now_ms()
         self._started = time.monotonic()
         self._first_token_at: float | None = None
         self._settled = False

@@ -44,13 +44,6 @@ class Admin:
         response = requests.delete(f"{self.base}/keys/{key_id}", headers=self.headers, timeout=10)
         assert response.status_code == 200, response.text
 
-    def usage(self, **filters) -> dict:
-        response = requests.get(
-            f"{self.base}/usage", params=filters, headers=self.headers, timeout=10
-        )
-        assert response.status_code == 200, response.text
-        return response.json()
-
 
 @pytest.fixture(scope="module")
 def admin(stack) -> Admin:

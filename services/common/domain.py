@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 
 from llmserve.common.v1 import common_pb2
+
+
+def now_ms() -> int:
+    """Unix time in milliseconds, the unit of every stored timestamp."""
+    return int(time.time() * 1000)
+
 
 _SAMPLING_FIELDS = (
     "temperature",

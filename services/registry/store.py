@@ -12,11 +12,10 @@ import json
 import secrets
 import sqlite3
 import threading
-import time
 from dataclasses import replace
 from pathlib import Path
 
-from services.common.domain import SamplingParams
+from services.common.domain import SamplingParams, now_ms
 from services.common.errors import AlreadyExists, FailedPrecondition, NotFound, Unauthenticated
 from services.common.records import (
     ApiKeyRecord,
@@ -105,10 +104,6 @@ _USAGE_COLUMNS = (
 
 def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class RegistryStore:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import time
 from dataclasses import dataclass
 
 import numpy as np
 
+from services.common.domain import now_ms
 from services.common.embedding_client import EmbeddingClient
 from services.common.errors import InvalidArgument
 from services.retrieval.chunking import chunk_text
@@ -195,9 +195,7 @@ class RetrievalCore:
         texts = chunk_text(text, spans, chunking.chunk_tokens, chunking.overlap_tokens)
         vectors, tokens = await self._embed_all(info.spec.embedding_model, texts)
         chunks = [Chunk(i, t, v) for i, (t, v) in enumerate(zip(texts, vectors, strict=True))]
-        document = DocumentInfo(
-            document_id, filename, media_type, len(chunks), int(time.time() * 1000)
-        )
+        document = DocumentInfo(document_id, filename, media_type, len(chunks), now_ms())
         stored = await asyncio.to_thread(self.store.add_document, name, document, chunks)
         logger.info(
             "ingested %s into %s: %d chunks, %d tokens", filename, name, len(chunks), tokens

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from services.common.domain import now_ms
 from services.common.errors import AlreadyExists, NotFound
 from services.retrieval.domain import (
     Chunk,
@@ -60,10 +61,6 @@ CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(text);
 _WORD = re.compile(r"\w+")
 # Candidates each side contributes to hybrid fusion, per requested point.
 _HYBRID_CANDIDATES_PER_POINT = 4
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class _Matrix:
@@ -152,7 +149,7 @@ class EmbeddedStore:
     # Collections
 
     def create_collection(self, spec: CollectionSpec) -> CollectionInfo:
-        created = _now_ms()
+        created = now_ms()
         with self._lock:
             try:
                 self._conn.execute(

@@ -9,11 +9,11 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.common.domain import now_ms
 from services.common.errors import NotFound
 
 _SCHEMA = """
@@ -58,7 +58,7 @@ class FileStore:
             filename,
             len(content),
             purpose,
-            int(time.time() * 1000),
+            now_ms(),
         )
         path = self._blobs / stored.id
         partial = path.with_suffix(".partial")
