@@ -18,17 +18,38 @@ USER_ID_HEADER = "x-genos-user-id"
 
 
 @dataclass(frozen=True)
+class Caller:
+    """Who is calling and which serving (the tenant) it acts for, resolved once per request."""
+
+    # The API key; None for the admin token or with auth switched off.
+    key: ApiKeyRecord | None
+    admin: bool
+    # The route's serving, else the key's; None when acting for no serving (the admin token or
+    # auth off on a plain route), which works in the shared namespace.
+    serving_id: int | None
+
+    @property
+    def tenant(self) -> int:
+        """The namespace of its collections and files: the serving id, 0 for the shared one."""
+        return self.serving_id or 0
+
+
+@dataclass(frozen=True)
 class Access:
-    """What a request may use: its serving (None only with auth off), model and caller."""
+    """What a request may use: its serving (None only without a key), model and caller."""
 
     model: ModelRecord
     serving: ServingRecord | None
-    key: ApiKeyRecord | None
+    caller: Caller
     user_id: str
 
     @property
     def serving_id(self) -> int:
         return self.serving.id if self.serving else 0
+
+    @property
+    def key(self) -> ApiKeyRecord | None:
+        return self.caller.key
 
 
 def bearer_token(request: Request) -> str:
@@ -75,10 +96,14 @@ class KeyVerifier:
         return key
 
 
+def is_admin_token(token: str, admin_token: str | None) -> bool:
+    return bool(admin_token) and hmac.compare_digest(token.encode(), admin_token.encode())
+
+
 def check_admin(request: Request, admin_token: str | None) -> None:
     if not admin_token:
         raise PermissionDenied("The admin API is disabled: no admin token is configured.")
-    if not hmac.compare_digest(bearer_token(request).encode(), admin_token.encode()):
+    if not is_admin_token(bearer_token(request), admin_token):
         raise Unauthenticated("Incorrect admin token.", code="invalid_api_key")
 
 
@@ -91,45 +116,57 @@ def user_id_of(request: Request, body_user: str | None = None) -> str:
     return request.headers.get(USER_ID_HEADER) or body_user or ""
 
 
+def caller_of(request: Request) -> Caller:
+    return request.state.caller
+
+
+async def authenticate(request: Request) -> None:
+    """Router dependency of every API route: who calls, and for which serving.
+
+    Runs before the body is validated, so a bad key is 401 and another serving's key on a
+    serving route is 403 whatever the body, before anything is done. A key acts only for its
+    own serving; the admin token may act for any serving (on its route) or for none."""
+    state = request.app.state.edge
+    settings = state.settings
+    key, admin = None, False
+    if settings.auth_enabled:
+        token = bearer_token(request)
+        admin_token = settings.admin_token.get_secret_value() if settings.admin_token else None
+        admin = is_admin_token(token, admin_token)
+        if not admin:
+            key = await state.keys.verify(token)
+    serving_id = serving_id_of(request)
+    if serving_id is not None:
+        if key is not None and key.serving_id != serving_id:
+            raise PermissionDenied(f"This API key is not valid for serving {serving_id}.")
+        await state.catalog.serving(serving_id)
+    elif key is not None:
+        serving_id = key.serving_id
+    request.state.caller = Caller(key, admin, serving_id)
+
+
 async def resolve_access(
     request: Request, requested_model: str | None, kind: ModelKind, body_user: str | None = None
 ) -> Access:
     """Chat on serving routes: the serving decides the model. Chat on plain routes: the named
-    model, which the key's serving must serve. Embeddings: the named model, for any key."""
+    model, which the key's serving must serve. Embeddings: the named model, for any caller
+    (embedding models are shared by every serving), accounted to the caller's serving."""
     state = request.app.state.edge
-    key: ApiKeyRecord | None = request.state.api_key
-    serving_id = serving_id_of(request)
+    caller = caller_of(request)
+    serving = await state.catalog.serving_or_none(caller.serving_id)
     if kind is ModelKind.EMBEDDING:
-        # Embedding models are shared by every serving: any valid key may use them, and the
-        # request is accounted to the key's (or the route's) serving.
         model = await state.catalog.model(requested_model or "", kind)
-        owner = serving_id if serving_id is not None else (key.serving_id if key else None)
-        serving = await state.catalog.serving(owner) if owner is not None else None
-        if key is not None and serving is not None and key.serving_id != serving.id:
-            raise PermissionDenied(f"This API key is not valid for serving {serving.id}.")
-        return Access(model, serving, key, user_id_of(request, body_user))
-    if serving_id is not None:
-        serving = await state.catalog.serving(serving_id)
-        if key is not None and key.serving_id != serving.id:
-            raise PermissionDenied(f"This API key is not valid for serving {serving.id}.")
+    elif serving_id_of(request) is not None:
         model = await state.catalog.model(serving.model, kind)
     else:
         model = await state.catalog.model(requested_model or "", kind)
-        if key is not None:
-            serving = await state.catalog.serving(key.serving_id)
+        if serving is not None:
             if serving.model != model.name:
                 raise PermissionDenied(
                     f"This API key is not valid for the model `{model.name}`.", param="model"
                 )
         else:
+            # No serving to act for (admin token, auth off): the model's first serving's settings.
             servings = await state.catalog.servings_of(model.name)
             serving = servings[0] if servings else None
-    return Access(model=model, serving=serving, key=key, user_id=user_id_of(request, body_user))
-
-
-async def authenticate(request: Request) -> None:
-    """Router dependency: runs before body validation, so a bad key is 401 whatever the body."""
-    state = request.app.state.edge
-    request.state.api_key = None
-    if state.settings.auth_enabled:
-        request.state.api_key = await state.keys.verify(bearer_token(request))
+    return Access(model, serving, caller, user_id_of(request, body_user))

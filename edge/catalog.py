@@ -38,6 +38,9 @@ class Catalog:
             raise NotFound(f"The serving {serving_id} does not exist.", code="serving_not_found")
         return serving
 
+    async def serving_or_none(self, serving_id: int | None) -> ServingRecord | None:
+        return None if serving_id is None else await self.serving(serving_id)
+
     async def servings_of(self, model: str) -> list[ServingRecord]:
         await self._refresh()
         return [s for s in self._servings.values() if s.model == model]

@@ -88,7 +88,9 @@ def install_error_handlers(app: FastAPI) -> None:
             message = f"We could not parse the JSON body of your request: {first.get('msg')}"
             param = None
         else:
-            message = f"{param or 'body'}: {first.get('msg')}" if param else first.get("msg")
+            # pydantic prefixes what our validators raise; the client needs only the reason.
+            reason = str(first.get("msg", "")).removeprefix("Value error, ")
+            message = f"{param}: {reason}" if param else reason
         return JSONResponse(envelope(message, "invalid_request_error", param), status_code=400)
 
     @app.exception_handler(HTTPException)

@@ -5,13 +5,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import grpc
-
 from llmserve.generation.v1 import generation_pb2, generation_pb2_grpc
+from services.common.client import ServiceClient
 from services.common.domain import ChatMessage, SamplingParams
-from services.common.errors import from_rpc_error
-from services.common.logs import REQUEST_ID_METADATA_KEY
-from services.common.rpc import insecure_channel
 
 _FINISH_REASONS = {
     generation_pb2.FINISH_REASON_STOP: "stop",
@@ -49,26 +45,16 @@ def _logprobs_json(entries) -> list[dict] | None:
     ]
 
 
-class GenerationClient:
-    def __init__(self, address: str):
-        self._channel = insecure_channel(address)
-        self._stub = generation_pb2_grpc.GenerationServiceStub(self._channel)
+class GenerationClient(ServiceClient):
+    def __init__(self, address: str, timeout_s: float = 30.0):
+        super().__init__(address, generation_pb2_grpc.GenerationServiceStub, timeout_s)
 
-    async def close(self) -> None:
-        await self._channel.close()
-
-    async def render_prompt(
-        self, model: str, messages: list[ChatMessage], timeout_s: float = 30.0
-    ) -> str:
+    async def render_prompt(self, model: str, messages: list[ChatMessage]) -> str:
         """The prompt the model's chat template makes of `messages`."""
-        try:
-            response = await self._stub.Tokenize(
-                generation_pb2.TokenizeRequest(model=model, messages=[m.to_pb() for m in messages]),
-                timeout=timeout_s,
-            )
-        except grpc.aio.AioRpcError as error:
-            raise from_rpc_error(error) from error
-        return response.prompt
+        request = generation_pb2.TokenizeRequest(
+            model=model, messages=[m.to_pb() for m in messages]
+        )
+        return (await self._unary(self._stub.Tokenize, request)).prompt
 
     async def generate(
         self,
@@ -76,32 +62,19 @@ class GenerationClient:
         messages: list[ChatMessage],
         sampling: SamplingParams,
         n: int,
-        request_id: str,
         timeout_s: float,
     ) -> AsyncIterator[Delta]:
         """Streams the n completions' deltas, interleaved; closing the iterator early cancels
         the RPC (and its sequences)."""
-        call = self._stub.Generate(
-            generation_pb2.GenerateRequest(
-                model=model,
-                messages=[m.to_pb() for m in messages],
-                sampling=sampling.to_pb(),
-                n=n,
-            ),
-            timeout=timeout_s,
-            metadata=((REQUEST_ID_METADATA_KEY, request_id),),
+        request = generation_pb2.GenerateRequest(
+            model=model, messages=[m.to_pb() for m in messages], sampling=sampling.to_pb(), n=n
         )
-        try:
-            async for response in call:
-                yield Delta(
-                    index=response.index,
-                    text=response.text,
-                    token_count=len(response.token_ids),
-                    prompt_tokens=response.usage.prompt_tokens,
-                    finish_reason=_FINISH_REASONS.get(response.finish_reason),
-                    logprobs=_logprobs_json(response.logprobs),
-                )
-        except grpc.aio.AioRpcError as error:
-            raise from_rpc_error(error) from error
-        finally:
-            call.cancel()
+        async for response in self._stream(self._stub.Generate, request, timeout_s):
+            yield Delta(
+                index=response.index,
+                text=response.text,
+                token_count=len(response.token_ids),
+                prompt_tokens=response.usage.prompt_tokens,
+                finish_reason=_FINISH_REASONS.get(response.finish_reason),
+                logprobs=_logprobs_json(response.logprobs),
+            )

@@ -1,56 +1,149 @@
-"""OpenAI request models. Unknown fields are accepted and reported, as OpenAI clients expect."""
+"""OpenAI request models: the one place where requests are validated and bounded.
+
+Bounds mirror OpenAI's documented ranges (and vLLM's for its extensions) and the integer
+widths of the protos behind them, so the services trust what the edge lets through. Types are
+strict, as OpenAI's are: `"stream": "yes"` or `"max_tokens": "5"` is a 400, not a guess.
+Unknown fields are accepted and reported, as OpenAI clients expect; a known field the server
+cannot honour (structured output, tools) is refused with 400, never silently ignored.
+"""
 
 from __future__ import annotations
 
 import logging
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from services.common.domain import ChatMessage, SamplingParams
-from services.common.errors import InvalidArgument
 
 logger = logging.getLogger(__name__)
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 MAX_STOP_SEQUENCES = 4
+# Token ids and token counts travel as 32-bit integers.
+MAX_INT32 = 2**31 - 1
+TokenId = Annotated[int, Field(ge=0, le=MAX_INT32)]
+TokenCount = Annotated[int, Field(ge=1, le=MAX_INT32)]
+# OpenAI documents seed as a 64-bit integer; the sampler takes it modulo 2**64.
+Seed = Annotated[int, Field(ge=-(2**63), le=2**64 - 1)]
+FUNCTION_NAME = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+def lone_surrogate_at(value: Any, path: str = "") -> str | None:
+    """Where `value` holds a lone UTF-16 surrogate (JSON lets "\\ud800" through; it is not
+    Unicode and cannot be encoded), or None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path or "body"
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            found = lone_surrogate_at(key, where) or lone_surrogate_at(item, where)
+            if found:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = lone_surrogate_at(item, f"{path}.{index}" if path else str(index))
+            if found:
+                return found
+    return None
+
+
+class ValidUnicode(BaseModel):
+    """Mixin of whole request bodies: text anywhere in them must be valid Unicode."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        where = lone_surrogate_at(data)
+        if where:
+            raise ValueError(f"{where} holds a lone UTF-16 surrogate, which is not valid Unicode")
+        return data
 
 
 class OpenAIModel(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
 
     @property
     def ignored_fields(self) -> list[str]:
         return sorted(self.model_extra or {})
 
 
+class RequestBody(ValidUnicode, OpenAIModel):
+    """A whole OpenAI-style request body."""
+
+
 class ContentPart(OpenAIModel):
     type: str
     text: str | None = None
 
+    @model_validator(mode="after")
+    def _check(self) -> ContentPart:
+        if self.type != "text":
+            raise ValueError(
+                f"content of type `{self.type}` is not supported; this model reads text"
+            )
+        if self.text is None:
+            raise ValueError("a content part of type `text` needs `text`")
+        return self
+
 
 class ChatMessageIn(OpenAIModel):
+    # Checked field by field (defaults too), so an error names the field it is about.
     role: str
-    content: str | list[ContentPart] | None = None
-    name: str | None = None
-    tool_call_id: str | None = None
+    content: str | list[ContentPart] | None = Field(default=None, validate_default=True)
+    name: str | None = Field(default=None, validate_default=True)
+    tool_call_id: str | None = Field(default=None, validate_default=True)
+    tool_calls: list[dict] | None = None
+    function_call: dict | None = None
 
-    def to_domain(self, index: int) -> ChatMessage:
-        if self.role not in ROLES:
-            raise InvalidArgument(
-                f"Invalid role `{self.role}` in messages[{index}]; expected one of "
-                f"{', '.join(ROLES)}.",
-                param=f"messages.{index}.role",
-            )
+    @field_validator("role")
+    @classmethod
+    def _known_role(cls, role: str) -> str:
+        if role not in ROLES:
+            raise ValueError(f"invalid role `{role}`; expected one of {', '.join(ROLES)}")
+        return role
+
+    @field_validator("content")
+    @classmethod
+    def _has_content(cls, content, info: ValidationInfo):
+        if content is None and "role" in info.data:
+            raise ValueError(f"a message with role `{info.data['role']}` needs `content`")
+        return content
+
+    @field_validator("name")
+    @classmethod
+    def _function_has_name(cls, name, info: ValidationInfo):
+        if not name and info.data.get("role") == "function":
+            raise ValueError("a message with role `function` needs `name`")
+        return name
+
+    @field_validator("tool_call_id")
+    @classmethod
+    def _tool_has_call_id(cls, tool_call_id, info: ValidationInfo):
+        if not tool_call_id and info.data.get("role") == "tool":
+            raise ValueError("a message with role `tool` needs `tool_call_id`")
+        return tool_call_id
+
+    @field_validator("tool_calls", "function_call")
+    @classmethod
+    def _no_tool_calls(cls, calls):
+        if calls:
+            raise ValueError("assistant tool calls in messages are not supported yet")
+        return calls
+
+    def to_domain(self) -> ChatMessage:
         if isinstance(self.content, list):
-            unsupported = [p.type for p in self.content if p.type != "text"]
-            if unsupported:
-                raise InvalidArgument(
-                    f"messages[{index}] has content of type {unsupported[0]}; this model reads "
-                    "text only.",
-                    param=f"messages.{index}.content",
-                )
-            content = "".join(p.text or "" for p in self.content)
+            content = "".join(part.text or "" for part in self.content)
         else:
             content = self.content or ""
         return ChatMessage(
@@ -65,20 +158,59 @@ class StreamOptions(OpenAIModel):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(OpenAIModel):
+class JsonSchemaFormat(OpenAIModel):
+    name: Annotated[str, Field(pattern=FUNCTION_NAME)]
+    description: str | None = None
+    schema_: dict | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(OpenAIModel):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("`json_schema` is required when type is `json_schema`")
+        return self
+
+
+class FunctionDefinition(OpenAIModel):
+    name: Annotated[str, Field(pattern=FUNCTION_NAME)]
+    description: str | None = None
+    parameters: dict | None = None
+    strict: bool | None = None
+
+
+class Tool(OpenAIModel):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class FunctionName(OpenAIModel):
+    name: str
+
+
+class NamedToolChoice(OpenAIModel):
+    type: Literal["function"]
+    function: FunctionName
+
+
+class ChatCompletionRequest(RequestBody):
     model: str = Field(min_length=1)
     messages: Annotated[list[ChatMessageIn], Field(min_length=1)]
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
-    # Not in OpenAI's API; accepted as vLLM does.
-    top_k: Annotated[int, Field(ge=0)] | None = None
-    repetition_penalty: Annotated[float, Field(gt=0)] | None = None
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
-    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    # Not in OpenAI's API; accepted as vLLM does (-1 or 0 disables).
+    top_k: Annotated[int, Field(ge=-1, le=MAX_INT32)] | None = None
+    repetition_penalty: Annotated[float, Field(gt=0, le=10)] | None = None
+    max_tokens: TokenCount | None = None
+    max_completion_tokens: TokenCount | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: Seed | None = None
     presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     n: Annotated[int, Field(ge=1, le=16)] = 1
@@ -86,8 +218,14 @@ class ChatCompletionRequest(OpenAIModel):
     logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
     logprobs: bool = False
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    # Structured output and tools: validated in OpenAI's shapes, then refused until supported.
+    response_format: ResponseFormat | None = None
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    functions: list[FunctionDefinition] | None = None
     # Not in OpenAI's API; accepted as vLLM does.
-    stop_token_ids: list[Annotated[int, Field(ge=0)]] | None = None
+    stop_token_ids: list[TokenId] | None = None
     ignore_eos: bool = False
     # Retrieval overrides as the node API names them (one value, or one per collection).
     vdb_collection_name: list[str] | None = None
@@ -99,33 +237,66 @@ class ChatCompletionRequest(OpenAIModel):
     def _one_or_many(cls, value):
         return value if value is None or isinstance(value, list) else [value]
 
+    @field_validator("stop")
+    @classmethod
+    def _check_stop(cls, stop):
+        stops = [stop] if isinstance(stop, str) else stop or []
+        if len(stops) > MAX_STOP_SEQUENCES:
+            raise ValueError(f"takes at most {MAX_STOP_SEQUENCES} sequences")
+        if any(not s for s in stops):
+            raise ValueError("stop sequences must not be empty")
+        return stop
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _check_logit_bias(cls, logit_bias):
+        for token in logit_bias or {}:
+            if not token.isdigit() or int(token) > MAX_INT32:
+                raise ValueError(f"keys must be token ids, got {token!r}")
+        return logit_bias
+
     @model_validator(mode="after")
-    def _check_stop(self) -> ChatCompletionRequest:
-        if isinstance(self.stop, list) and len(self.stop) > MAX_STOP_SEQUENCES:
-            raise ValueError(f"stop takes at most {MAX_STOP_SEQUENCES} sequences")
+    def _check(self) -> ChatCompletionRequest:
         if self.top_logprobs and not self.logprobs:
             raise ValueError("top_logprobs requires logprobs to be true")
-        for token in self.logit_bias or {}:
-            if not token.isdigit():
-                raise ValueError(f"logit_bias keys must be token ids, got {token!r}")
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options is only allowed when stream is true")
+        self._check_unsupported()
         return self
+
+    def _check_unsupported(self) -> None:
+        """Refuses, with the reason, what this server cannot honour yet."""
+        declared = {tool.function.name for tool in self.tools or ()}
+        choice = self.tool_choice
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in declared:
+            raise ValueError(
+                f"tool_choice names `{choice.function.name}`, which tools does not declare"
+            )
+        if choice == "required" and not declared:
+            raise ValueError("tool_choice `required` needs tools")
+        if self.response_format is not None and self.response_format.type != "text":
+            raise ValueError(
+                f"response_format `{self.response_format.type}` is not supported yet; only `text`"
+            )
+        if self.tools or self.functions:
+            raise ValueError("tools are not supported yet")
 
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
     def to_messages(self) -> list[ChatMessage]:
-        return [message.to_domain(i) for i, message in enumerate(self.messages)]
+        return [message.to_domain() for message in self.messages]
 
     def to_sampling_params(self) -> SamplingParams:
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         return SamplingParams(
             temperature=self.temperature,
             top_p=self.top_p,
-            top_k=self.top_k,
+            top_k=max(self.top_k, 0) if self.top_k is not None else None,
             max_tokens=self.max_completion_tokens or self.max_tokens,
             stop=tuple(stop),
-            seed=self.seed,
+            seed=self.seed % 2**64 if self.seed is not None else None,
             presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty,
             repetition_penalty=self.repetition_penalty,
@@ -142,9 +313,6 @@ class ChatCompletionRequest(OpenAIModel):
         ]
         if ignored:
             logger.info("ignoring unsupported request fields: %s", ", ".join(ignored))
-
-
-FinishReason = Literal["stop", "length"]
 
 
 def usage_dict(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:

@@ -11,12 +11,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 
+from edge.auth import Access
 from edge.generation_client import GenerationClient
 from edge.protocol import ChatCompletionRequest
 from edge.retrieval_client import Point, RetrievalClient
 from services.common.domain import ChatMessage
 from services.common.errors import InvalidArgument, NotFound
-from services.common.records import ServingRecord
 
 logger = logging.getLogger(__name__)
 
@@ -60,13 +60,13 @@ def last_user_message(messages: list[ChatMessage]) -> str:
 
 
 async def retrieve_points(
-    retrieval: RetrievalClient, queries: list[RagQuery], text: str, timeout_s: float
+    retrieval: RetrievalClient, tenant: int, queries: list[RagQuery], text: str, timeout_s: float
 ) -> list[Point]:
-    """Points of every collection, best first."""
+    """Points of every collection of the tenant, best first."""
     points: list[Point] = []
     for query in queries:
         found = await retrieval.retrieve(
-            query.collection, text, query.limit, query.score_threshold, timeout_s
+            tenant, query.collection, text, query.limit, query.score_threshold, timeout_s
         )
         points.extend(found.points)
     return sorted(points, key=lambda p: -p.score)
@@ -80,15 +80,13 @@ class Grounding:
         self._system_role: dict[str, bool] = {}
 
     async def ground(
-        self,
-        body: ChatCompletionRequest,
-        model: str,
-        messages: list[ChatMessage],
-        serving: ServingRecord | None,
+        self, body: ChatCompletionRequest, access: Access, messages: list[ChatMessage]
     ) -> list[ChatMessage]:
         """`messages` with retrieved context added, or unchanged when no collection applies.
 
-        The serving is the one the request was made against (its route or its key)."""
+        Only the caller's own collections are searched: another serving's collection is
+        unknown, exactly as a missing one."""
+        serving = access.serving
         from_request = bool(body.vdb_collection_name)
         serving_collection = serving.rag_collection if serving and serving.rag_collection else None
         queries = rag_queries(body, serving_collection)
@@ -96,7 +94,11 @@ class Grounding:
             return messages
         try:
             points = await retrieve_points(
-                self._retrieval, queries, last_user_message(messages), self._timeout_s
+                self._retrieval,
+                access.caller.tenant,
+                queries,
+                last_user_message(messages),
+                self._timeout_s,
             )
         except NotFound:
             if from_request:
@@ -107,7 +109,7 @@ class Grounding:
         if not points:
             return messages
         context = CONTEXT_PREAMBLE + "\n\n".join(p.source for p in points)
-        if await self._has_system_role(model):
+        if await self._has_system_role(access.model.name):
             return _into_system_prompt(messages, context)
         return _into_last_user_message(messages, context)
 

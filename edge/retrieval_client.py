@@ -1,19 +1,12 @@
-"""Async client of the retrieval service, returning plain dicts and dataclasses for the routes."""
+"""Async client of the retrieval service. Every call acts in one tenant's namespace (the
+caller's serving; 0 for the shared one) and hands back domain objects."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
-
-import grpc
 
 from llmserve.retrieval.v1 import retrieval_pb2, retrieval_pb2_grpc
-from services.common.errors import from_rpc_error
-from services.common.logs import REQUEST_ID_METADATA_KEY, request_id_var
-from services.common.rpc import insecure_channel
-
-T = TypeVar("T")
+from services.common.client import ServiceClient
 
 
 @dataclass(frozen=True)
@@ -28,6 +21,74 @@ class Retrieved:
     points: list[Point]
     limit: int
     score_threshold: float
+    # Tokens of the query the embedding model saw, and which model that was.
+    query_tokens: int
+    embedding_model: str
+
+
+@dataclass(frozen=True)
+class Collection:
+    name: str
+    tenant: int
+    embedding_model: str
+    dimensions: int
+    chunk_tokens: int
+    overlap_tokens: int
+    documents: int
+    chunks: int
+    created_at_unix_ms: int
+
+    @classmethod
+    def from_pb(cls, pb: retrieval_pb2.Collection) -> Collection:
+        return cls(
+            pb.name,
+            pb.tenant,
+            pb.embedding_model,
+            pb.dimensions,
+            pb.chunking.chunk_tokens,
+            pb.chunking.overlap_tokens,
+            pb.document_count,
+            pb.chunk_count,
+            pb.created_at_unix_ms,
+        )
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    id: str
+    tenant: int
+    filename: str
+    bytes: int
+    purpose: str
+    created_at_unix_ms: int
+
+    @classmethod
+    def from_pb(cls, pb: retrieval_pb2.File) -> StoredFile:
+        return cls(pb.id, pb.tenant, pb.filename, pb.bytes, pb.purpose, pb.created_at_unix_ms)
+
+
+@dataclass(frozen=True)
+class Ingested:
+    collection: str
+    created: bool
+    document_id: str
+    filename: str
+    media_type: str
+    chunks: int
+    embedded_tokens: int
+    embedding_model: str
+
+
+@dataclass(frozen=True)
+class StoreInfo:
+    kind: str
+    location: str
+    default_collection: str
+    default_limit: int
+    default_score_threshold: float
+    embedding_model: str
+    chunk_tokens: int
+    overlap_tokens: int
 
 
 def _chunking(chunk_tokens: int | None, overlap_tokens: int | None):
@@ -37,71 +98,37 @@ def _chunking(chunk_tokens: int | None, overlap_tokens: int | None):
     return chunking
 
 
-def collection_dict(collection: retrieval_pb2.Collection) -> dict:
-    return {
-        "name": collection.name,
-        "object": "collection",
-        "embedding_model": collection.embedding_model,
-        "dimensions": collection.dimensions,
-        "chunk_tokens": collection.chunking.chunk_tokens,
-        "overlap_tokens": collection.chunking.overlap_tokens,
-        "documents": collection.document_count,
-        "chunks": collection.chunk_count,
-        "created_at": collection.created_at_unix_ms // 1000,
-    }
-
-
-def file_dict(stored: retrieval_pb2.File) -> dict:
-    """OpenAI's file object."""
-    return {
-        "id": stored.id,
-        "object": "file",
-        "bytes": stored.bytes,
-        "created_at": stored.created_at_unix_ms // 1000,
-        "filename": stored.filename,
-        "purpose": stored.purpose,
-        "status": "processed",
-    }
-
-
-class RetrievalClient:
-    def __init__(self, address: str):
-        self._channel = insecure_channel(address)
-        self._stub = retrieval_pb2_grpc.RetrievalServiceStub(self._channel)
-
-    async def close(self) -> None:
-        await self._channel.close()
-
-    async def _call(self, method: Callable[..., Awaitable[T]], request, timeout_s: float) -> T:
-        metadata = ((REQUEST_ID_METADATA_KEY, request_id_var.get()),)
-        try:
-            return await method(request, timeout=timeout_s, metadata=metadata)
-        except grpc.aio.AioRpcError as error:
-            raise from_rpc_error(error) from error
+class RetrievalClient(ServiceClient):
+    def __init__(self, address: str, timeout_s: float = 60.0):
+        super().__init__(address, retrieval_pb2_grpc.RetrievalServiceStub, timeout_s)
 
     async def retrieve(
         self,
+        tenant: int,
         collection: str,
         query: str,
         limit: int | None = None,
         score_threshold: float | None = None,
-        timeout_s: float = 60.0,
+        timeout_s: float | None = None,
     ) -> Retrieved:
         request = retrieval_pb2.RetrieveRequest(
-            collection=collection, query=query, limit=limit or 0
+            tenant=tenant, collection=collection, query=query, limit=limit or 0
         )
         if score_threshold is not None:
             request.score_threshold = score_threshold
-        response = await self._call(self._stub.Retrieve, request, timeout_s)
+        response = await self._unary(self._stub.Retrieve, request, timeout_s)
         return Retrieved(
             response.collection,
             [Point(p.source, p.score) for p in response.points],
             response.limit,
             response.score_threshold,
+            response.query_tokens,
+            response.embedding_model,
         )
 
     async def ingest(
         self,
+        tenant: int,
         collection: str,
         filename: str,
         media_type: str,
@@ -109,9 +136,10 @@ class RetrievalClient:
         file_id: str,
         chunk_tokens: int | None,
         overlap_tokens: int | None,
-        timeout_s: float,
-    ) -> retrieval_pb2.IngestResponse:
+        timeout_s: float | None = None,
+    ) -> Ingested:
         request = retrieval_pb2.IngestRequest(
+            tenant=tenant,
             collection=collection,
             filename=filename,
             media_type=media_type,
@@ -121,41 +149,66 @@ class RetrievalClient:
             request.file_id = file_id
         else:
             request.content = content or b""
-        return await self._call(self._stub.Ingest, request, timeout_s)
+        response = await self._unary(self._stub.Ingest, request, timeout_s)
+        document = response.document
+        return Ingested(
+            response.collection,
+            response.created,
+            document.id,
+            document.filename,
+            document.media_type,
+            document.chunk_count,
+            response.embedded_tokens,
+            response.embedding_model,
+        )
 
     async def create_collection(
-        self, name: str, chunk_tokens: int | None, overlap_tokens: int | None
-    ) -> dict:
+        self, tenant: int, name: str, chunk_tokens: int | None, overlap_tokens: int | None
+    ) -> Collection:
         request = retrieval_pb2.CreateCollectionRequest(
-            name=name, chunking=_chunking(chunk_tokens, overlap_tokens)
+            tenant=tenant, name=name, chunking=_chunking(chunk_tokens, overlap_tokens)
         )
-        response = await self._call(self._stub.CreateCollection, request, 30.0)
-        return collection_dict(response.collection)
-
-    async def list_collections(self) -> list[dict]:
-        response = await self._call(
-            self._stub.ListCollections, retrieval_pb2.ListCollectionsRequest(), 30.0
-        )
-        return [collection_dict(c) for c in response.collections]
-
-    async def delete_collection(self, name: str) -> None:
-        await self._call(
-            self._stub.DeleteCollection, retrieval_pb2.DeleteCollectionRequest(name=name), 60.0
+        return Collection.from_pb(
+            (await self._unary(self._stub.CreateCollection, request)).collection
         )
 
-    async def upload_file(self, filename: str, content: bytes, purpose: str) -> dict:
+    async def list_collections(self, tenant: int, all_tenants: bool = False) -> list[Collection]:
+        request = retrieval_pb2.ListCollectionsRequest(tenant=tenant, all_tenants=all_tenants)
+        response = await self._unary(self._stub.ListCollections, request)
+        return [Collection.from_pb(c) for c in response.collections]
+
+    async def delete_collection(self, tenant: int, name: str) -> None:
+        request = retrieval_pb2.DeleteCollectionRequest(tenant=tenant, name=name)
+        await self._unary(self._stub.DeleteCollection, request)
+
+    async def upload_file(
+        self, tenant: int, filename: str, content: bytes, purpose: str
+    ) -> StoredFile:
         request = retrieval_pb2.UploadFileRequest(
-            filename=filename, content=content, purpose=purpose
+            tenant=tenant, filename=filename, content=content, purpose=purpose
         )
-        response = await self._call(self._stub.UploadFile, request, 60.0)
-        return file_dict(response.file)
+        return StoredFile.from_pb((await self._unary(self._stub.UploadFile, request)).file)
 
-    async def list_files(self) -> list[dict]:
-        response = await self._call(self._stub.ListFiles, retrieval_pb2.ListFilesRequest(), 30.0)
-        return [file_dict(f) for f in response.files]
+    async def list_files(self, tenant: int, all_tenants: bool = False) -> list[StoredFile]:
+        request = retrieval_pb2.ListFilesRequest(tenant=tenant, all_tenants=all_tenants)
+        response = await self._unary(self._stub.ListFiles, request)
+        return [StoredFile.from_pb(f) for f in response.files]
 
-    async def delete_file(self, file_id: str) -> None:
-        await self._call(self._stub.DeleteFile, retrieval_pb2.DeleteFileRequest(id=file_id), 30.0)
+    async def delete_file(self, tenant: int, file_id: str) -> None:
+        request = retrieval_pb2.DeleteFileRequest(tenant=tenant, id=file_id)
+        await self._unary(self._stub.DeleteFile, request)
 
-    async def store_info(self) -> retrieval_pb2.GetStoreInfoResponse:
-        return await self._call(self._stub.GetStoreInfo, retrieval_pb2.GetStoreInfoRequest(), 10.0)
+    async def store_info(self) -> StoreInfo:
+        response = await self._unary(
+            self._stub.GetStoreInfo, retrieval_pb2.GetStoreInfoRequest(), 10.0
+        )
+        return StoreInfo(
+            response.kind,
+            response.location,
+            response.default_collection,
+            response.default_limit,
+            response.default_score_threshold,
+            response.embedding_model,
+            response.default_chunking.chunk_tokens,
+            response.default_chunking.overlap_tokens,
+        )

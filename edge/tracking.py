@@ -1,19 +1,29 @@
-"""One request's bookkeeping: its rate-limit permit and its usage record, settled exactly once."""
+"""One request's bookkeeping: its rate-limit permit and its usage record, settled exactly once.
+
+Every billable route (chat, embeddings, retrieve, ingestion) is tracked the same way: limits
+are checked when tracking starts, and one usage record is left when it settles.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-from edge.auth import Access
+from fastapi import Request
+
+from edge.auth import Caller, caller_of
 from edge.errors import status_and_envelope
 from edge.generation_client import Delta
-from edge.limits import Permit
+from edge.limits import RateLimiter
 from edge.protocol import usage_dict
 from edge.usage import UsageRecorder
 from services.common.domain import now_ms
 from services.common.errors import Cancelled, ServiceError
-from services.common.records import UsageRecord, UsageStatus
+from services.common.logs import request_id_var
+from services.common.records import Limits, ServingRecord, UsageRecord, UsageStatus
 
 
 def status_of(error: BaseException | None) -> UsageStatus:
@@ -30,20 +40,32 @@ class RequestTracker:
     def __init__(
         self,
         recorder: UsageRecorder,
-        permit: Permit,
-        access: Access,
+        limiter: RateLimiter,
+        *,
+        serving: ServingRecord | None,
+        caller: Caller,
+        user_id: str,
+        model: str,
         request_id: str,
         endpoint: str,
     ):
+        """Admits the request under its serving's and key's limits (ResourceExhausted if not)."""
+        key_id = caller.key.id if caller.key else ""
+        self._permit = limiter.acquire(
+            serving.limits if serving else Limits(), serving.id if serving else 0, key_id or None
+        )
         self._recorder = recorder
-        self._permit = permit
-        self._access = access
+        self._serving_id = serving.id if serving else 0
+        self._key_id = key_id
+        self._user_id = user_id
         self._request_id = request_id
         self._endpoint = endpoint
         self._created_at_unix_ms = now_ms()
         self._started = time.monotonic()
         self._first_token_at: float | None = None
         self._settled = False
+        # May be learnt during the request (the embedding model of a collection).
+        self.model = model
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.blocked = False
@@ -68,10 +90,10 @@ class RequestTracker:
             UsageRecord(
                 request_id=self._request_id,
                 created_at_unix_ms=self._created_at_unix_ms,
-                serving_id=self._access.serving_id,
-                model=self._access.model.name,
-                api_key_id=self._access.key.id if self._access.key else "",
-                user_id=self._access.user_id,
+                serving_id=self._serving_id,
+                model=self.model,
+                api_key_id=self._key_id,
+                user_id=self._user_id,
                 prompt_tokens=self.prompt_tokens,
                 completion_tokens=self.completion_tokens,
                 latency_ms=int((time.monotonic() - self._started) * 1000),
@@ -81,3 +103,39 @@ class RequestTracker:
                 endpoint=self._endpoint,
             )
         )
+
+    @contextmanager
+    def settling(self) -> Iterator[RequestTracker]:
+        """Settles when the block ends, with the error that ended it, if any."""
+        try:
+            yield self
+        except BaseException as error:
+            self.settle(error)
+            raise
+        self.settle()
+
+
+def track(
+    request: Request,
+    endpoint: str,
+    *,
+    serving: ServingRecord | None,
+    user_id: str,
+    model: str = "",
+    request_id: str = "",
+) -> RequestTracker:
+    """Starts tracking a request of the route's caller (see RequestTracker). Without a
+    `request_id` one is made; it becomes the request id of every log line and backend call."""
+    state = request.app.state.edge
+    request_id = request_id or f"req-{uuid.uuid4().hex}"
+    request_id_var.set(request_id)
+    return RequestTracker(
+        state.usage,
+        state.limiter,
+        serving=serving,
+        caller=caller_of(request),
+        user_id=user_id,
+        model=model,
+        request_id=request_id,
+        endpoint=endpoint,
+    )

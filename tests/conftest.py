@@ -255,3 +255,11 @@ def stack(tmp_path_factory, chat_model, embedding_model) -> RunningStack:
         running = RunningStack(process, f"http://127.0.0.1:{edge_port}", log_path, env)
         requests.get(f"{running.base_url}/health", timeout=5).raise_for_status()
         yield running
+
+
+@pytest.fixture(scope="session")
+def admin(stack):
+    """The admin API of the stack (servings, keys, usage)."""
+    from tests.gateway import Admin
+
+    return Admin(stack)

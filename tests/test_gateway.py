@@ -16,61 +16,9 @@ import pytest
 import requests
 
 from services.registry.defaults import DEFAULT_CHAT_MODEL
+from tests.gateway import Admin, bearer, route, wait_for_usage
 
 CAPITAL = [{"role": "user", "content": "What is the capital of France?"}]
-
-
-class Admin:
-    def __init__(self, stack):
-        self.base = f"{stack.base_url}/admin/v1"
-        self.headers = stack.admin_headers
-
-    def create_serving(self, **settings) -> dict:
-        body = {"model": DEFAULT_CHAT_MODEL, **settings}
-        response = requests.post(
-            f"{self.base}/servings", json=body, headers=self.headers, timeout=10
-        )
-        assert response.status_code == 201, response.text
-        return response.json()
-
-    def issue_key(self, serving_id: int, **fields) -> dict:
-        response = requests.post(
-            f"{self.base}/servings/{serving_id}/keys", json=fields, headers=self.headers, timeout=10
-        )
-        assert response.status_code == 201, response.text
-        return response.json()
-
-    def revoke(self, key_id: str) -> None:
-        response = requests.delete(f"{self.base}/keys/{key_id}", headers=self.headers, timeout=10)
-        assert response.status_code == 200, response.text
-
-
-@pytest.fixture(scope="module")
-def admin(stack) -> Admin:
-    return Admin(stack)
-
-
-def route(stack, serving_id: int) -> str:
-    return f"{stack.base_url}/api/gateway/rep/serving/{serving_id}/v1"
-
-
-def bearer(secret: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {secret}"}
-
-
-def wait_for_usage(admin: Admin, expected: int, **filters) -> dict:
-    """Usage is written in the background; wait for it (and for a restarting registry)."""
-    deadline = time.monotonic() + 30
-    while True:
-        response = requests.get(
-            f"{admin.base}/usage", params=filters, headers=admin.headers, timeout=10
-        )
-        if response.status_code == 200 and response.json()["total_requests"] >= expected:
-            return response.json()
-        if time.monotonic() > deadline:
-            assert response.status_code == 200, response.text
-            return response.json()
-        time.sleep(0.2)
 
 
 def test_seed_client_code_on_a_serving_route_leaves_usage_records(stack, admin):
@@ -136,7 +84,7 @@ def test_missing_or_bad_keys_are_401(stack, headers, path):
     assert error["code"] in ("missing_api_key", "invalid_api_key")
 
 
-def test_key_of_another_serving_is_403_and_unknown_serving_404(stack, admin):
+def test_key_of_another_serving_is_403_and_unknown_serving_404_for_the_admin(stack, admin):
     first = admin.create_serving(name="first")
     second = admin.create_serving(name="second")
     key = admin.issue_key(first["id"])
@@ -148,9 +96,12 @@ def test_key_of_another_serving_is_403_and_unknown_serving_404(stack, admin):
     )
     assert response.status_code == 403
     assert response.json()["error"]["type"] == "permission_error"
+    # A key learns nothing about servings that are not its own, not even whether they exist.
     missing = requests.get(
         f"{route(stack, 999999)}/models", headers=bearer(key["secret"]), timeout=10
     )
+    assert missing.status_code == 403
+    missing = requests.get(f"{route(stack, 999999)}/models", headers=admin.headers, timeout=10)
     assert missing.status_code == 404
 
 

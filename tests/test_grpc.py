@@ -80,17 +80,6 @@ async def test_bad_requests_get_status_codes(generation):
     assert dict(list(too_long.trailing_metadata()))[ERROR_CODE_KEY] == "context_length_exceeded"
     assert "maximum context length is 8192" in too_long.details()
 
-    hot = await _error(
-        stub.Generate(
-            generation_pb2.GenerateRequest(
-                model=DEFAULT_CHAT_MODEL,
-                messages=user("hi"),
-                sampling=common_pb2.SamplingParams(temperature=5.0),
-            )
-        )
-    )
-    assert hot.code() is grpc.StatusCode.INVALID_ARGUMENT
-
 
 async def test_cancelled_call_leaves_the_batch(generation):
     stub, pool = generation

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
-from services.common.domain import SamplingParams
-from services.common.errors import InvalidArgument
+from services.common.domain import DEFAULT_N_PREDICT, SamplingParams
 from services.generation.sampler import ResolvedSampling, Sampler
 from services.generation.stop import StopStringMatcher
 
@@ -71,24 +69,18 @@ def test_sampling_params_round_trip_through_proto_and_json():
     assert SamplingParams.from_dict(params.to_dict()) == params
 
 
-@pytest.mark.parametrize(
-    "values,param",
-    [
-        ({"temperature": 3.0}, "temperature"),
-        ({"top_p": 0.0}, "top_p"),
-        ({"presence_penalty": 5.0}, "presence_penalty"),
-        ({"max_tokens": 0}, "max_tokens"),
-    ],
-)
-def test_out_of_range_sampling_is_rejected_with_the_parameter(values, param):
-    with pytest.raises(InvalidArgument) as caught:
-        _resolve(**values)
-    assert caught.value.param == param
-
-
 def test_max_tokens_is_capped_by_the_room_left_in_the_context():
     assert _resolve().max_tokens == 100
     assert _resolve(max_tokens=10).max_tokens == 10
+
+
+def test_without_max_tokens_n_predict_bounds_the_completion():
+    room = 100_000
+    assert ResolvedSampling.resolve(SamplingParams(), room).max_tokens == DEFAULT_N_PREDICT
+    assert ResolvedSampling.resolve(SamplingParams(n_predict=7), room).max_tokens == 7
+    # An explicit max_tokens wins over n_predict; n_predict never exceeds the room left.
+    assert ResolvedSampling.resolve(SamplingParams(max_tokens=9, n_predict=7), room).max_tokens == 9
+    assert ResolvedSampling.resolve(SamplingParams(n_predict=500), 50).max_tokens == 50
 
 
 def test_greedy_picks_the_argmax():

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from edge.auth import check_admin
+from edge.protocol import MAX_INT32, TokenCount, ValidUnicode
 from edge.state import EdgeState
 from services.common.domain import SamplingParams
 from services.common.records import (
@@ -32,8 +33,27 @@ async def require_admin(request: Request) -> None:
 router = APIRouter(prefix="/admin/v1", dependencies=[Depends(require_admin)])
 
 
-class ModerationIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class AdminModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+class DefaultSamplingIn(AdminModel):
+    """A serving's defaults, used where a request sets nothing; bounded as requests are."""
+
+    n_predict: TokenCount | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    top_k: Annotated[int, Field(ge=0, le=MAX_INT32)] | None = None
+    presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    repetition_penalty: Annotated[float, Field(gt=0, le=10)] | None = None
+    stop: Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=4)] = []
+
+    def to_domain(self) -> SamplingParams:
+        return SamplingParams.from_dict(self.model_dump())
+
+
+class ModerationIn(AdminModel):
     enabled: bool = False
     blocked_terms: list[str] = []
     action: Literal["cut", "withhold"] = "cut"
@@ -43,22 +63,23 @@ class ModerationIn(BaseModel):
         return ModerationPolicy(self.enabled, tuple(self.blocked_terms), action)
 
 
-class LimitsIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    requests_per_minute: Annotated[int, Field(ge=0)] = 0
-    tokens_per_minute: Annotated[int, Field(ge=0)] = 0
-    max_concurrent_requests: Annotated[int, Field(ge=0)] = 0
-    key_requests_per_minute: Annotated[int, Field(ge=0)] = 0
-    key_tokens_per_minute: Annotated[int, Field(ge=0)] = 0
-    key_max_concurrent_requests: Annotated[int, Field(ge=0)] = 0
+Count = Annotated[int, Field(ge=0, le=MAX_INT32)]
 
 
-class ServingIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class LimitsIn(AdminModel):
+    requests_per_minute: Count = 0
+    tokens_per_minute: Count = 0
+    max_concurrent_requests: Count = 0
+    key_requests_per_minute: Count = 0
+    key_tokens_per_minute: Count = 0
+    key_max_concurrent_requests: Count = 0
+
+
+class ServingIn(ValidUnicode, AdminModel):
     name: str = ""
     model: str = Field(min_length=1)
     system_prompt: str = ""
-    default_sampling: dict = {}
+    default_sampling: DefaultSamplingIn = DefaultSamplingIn()
     rag_collection: str = ""
     moderation: ModerationIn = ModerationIn()
     limits: LimitsIn = LimitsIn()
@@ -69,18 +90,17 @@ class ServingIn(BaseModel):
             name=self.name or self.model,
             model=self.model,
             system_prompt=self.system_prompt,
-            default_sampling=SamplingParams.from_dict(self.default_sampling),
+            default_sampling=self.default_sampling.to_domain(),
             rag_collection=self.rag_collection,
             moderation=self.moderation.to_domain(),
             limits=Limits(**self.limits.model_dump()),
         )
 
 
-class KeyIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class KeyIn(ValidUnicode, AdminModel):
     name: str = ""
     # Expiry as Unix seconds; omitted never expires.
-    expires_at: Annotated[int, Field(ge=0)] = 0
+    expires_at: Annotated[int, Field(ge=0, le=2**53 // 1000)] = 0
 
 
 def serving_json(serving: ServingRecord) -> dict:

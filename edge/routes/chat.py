@@ -18,10 +18,10 @@ from edge.generation_client import Delta
 from edge.moderation import Moderator, OutputGuard, TermListModerator
 from edge.protocol import ChatCompletionRequest, usage_dict
 from edge.state import EdgeState
-from edge.tracking import RequestTracker
+from edge.tracking import RequestTracker, track
 from services.common.domain import ChatMessage, SamplingParams
 from services.common.logs import request_id_var
-from services.common.records import Limits, ModelKind, ModerationAction
+from services.common.records import ModelKind, ModerationAction
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
@@ -128,9 +128,14 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request):
     access = await resolve_access(request, body.model, ModelKind.CHAT, body.user)
     completion = _Completion(f"chatcmpl-{uuid.uuid4().hex}", access.model.name)
     request_id_var.set(completion.id)
-    limits = access.serving.limits if access.serving else Limits()
-    permit = state.limiter.acquire(limits, access.serving_id, access.key.id if access.key else None)
-    tracker = RequestTracker(state.usage, permit, access, completion.id, ENDPOINT)
+    tracker = track(
+        request,
+        ENDPOINT,
+        serving=access.serving,
+        user_id=access.user_id,
+        request_id=completion.id,
+        model=access.model.name,
+    )
     try:
         messages, sampling = _with_serving_settings(access, messages, body.to_sampling_params())
         moderator = _moderator(access, state.settings.moderation_default_terms)
@@ -138,14 +143,9 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request):
             tracker.blocked = True
             tracker.settle()
             return _blocked_before_generation(completion, body)
-        messages = await state.grounding.ground(body, access.model.name, messages, access.serving)
+        messages = await state.grounding.ground(body, access, messages)
         deltas = state.generation.generate(
-            access.model.name,
-            messages,
-            sampling,
-            body.n,
-            completion.id,
-            state.settings.request_timeout_s,
+            access.model.name, messages, sampling, body.n, state.settings.request_timeout_s
         )
         guards = [OutputGuard(moderator) for _ in range(body.n)] if moderator else None
         if body.stream:

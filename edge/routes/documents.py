@@ -1,6 +1,9 @@
 """Documents for retrieval: POST|GET /v1/files, DELETE /v1/files/{id} (OpenAI's file objects),
 POST /v1/create/rag (upload + chunk + embed + store in one call, as the node API offers) and
-/v1/collections (list, create, delete)."""
+/v1/collections (list, create, delete).
+
+Everything acts in the caller's namespace (its serving's): another serving's collections and
+files do not exist for it. The admin token on a plain route lists every serving's."""
 
 from __future__ import annotations
 
@@ -9,18 +12,60 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Query, Request, UploadFile
 from pydantic import Field
 
-from edge.protocol import OpenAIModel
+from edge.auth import Caller, caller_of, user_id_of
+from edge.protocol import RequestBody
+from edge.retrieval_client import Collection, StoredFile
 from edge.state import EdgeState
+from edge.tracking import track
 from services.common.errors import InvalidArgument
 
 router = APIRouter()
 
 ChunkTokens = Annotated[int, Field(ge=1, le=8192)]
 OverlapTokens = Annotated[int, Field(ge=0, le=8191)]
+CREATE_RAG = "/v1/create/rag"
 
 
 def _state(request: Request) -> EdgeState:
     return request.app.state.edge
+
+
+def _sees_all(caller: Caller) -> bool:
+    return caller.admin and caller.serving_id is None
+
+
+def _owner(tenant: int, caller: Caller) -> dict:
+    """The owning serving, shown only in the admin's view of every serving."""
+    return {"serving_id": tenant or None} if _sees_all(caller) else {}
+
+
+def file_json(stored: StoredFile, caller: Caller) -> dict:
+    """OpenAI's file object."""
+    return {
+        "id": stored.id,
+        "object": "file",
+        "bytes": stored.bytes,
+        "created_at": stored.created_at_unix_ms // 1000,
+        "filename": stored.filename,
+        "purpose": stored.purpose,
+        "status": "processed",
+        **_owner(stored.tenant, caller),
+    }
+
+
+def collection_json(collection: Collection, caller: Caller) -> dict:
+    return {
+        "name": collection.name,
+        "object": "collection",
+        "embedding_model": collection.embedding_model,
+        "dimensions": collection.dimensions,
+        "chunk_tokens": collection.chunk_tokens,
+        "overlap_tokens": collection.overlap_tokens,
+        "documents": collection.documents,
+        "chunks": collection.chunks,
+        "created_at": collection.created_at_unix_ms // 1000,
+        **_owner(collection.tenant, caller),
+    }
 
 
 async def _read(file: UploadFile) -> bytes:
@@ -35,7 +80,11 @@ async def create_file(
     request: Request, file: UploadFile, purpose: Annotated[str, Form()] = "assistants"
 ) -> dict:
     content = await _read(file)
-    return await _state(request).retrieval.upload_file(file.filename or "", content, purpose)
+    caller = caller_of(request)
+    stored = await _state(request).retrieval.upload_file(
+        caller.tenant, file.filename or "", content, purpose
+    )
+    return file_json(stored, caller)
 
 
 @router.get("/v1/files")
@@ -46,13 +95,14 @@ async def list_files(
     purpose: str = "",
 ) -> dict:
     """Newest first, with OpenAI's cursor (`after`, `has_more`), which the SDKs follow."""
-    files = await _state(request).retrieval.list_files()
+    caller = caller_of(request)
+    files = await _state(request).retrieval.list_files(caller.tenant, _sees_all(caller))
     if purpose:
-        files = [f for f in files if f["purpose"] == purpose]
+        files = [f for f in files if f.purpose == purpose]
     if after:
-        ids = [f["id"] for f in files]
+        ids = [f.id for f in files]
         files = files[ids.index(after) + 1 :] if after in ids else []
-    page = files[:limit]
+    page = [file_json(f, caller) for f in files[:limit]]
     return {
         "object": "list",
         "data": page,
@@ -64,11 +114,11 @@ async def list_files(
 
 @router.delete("/v1/files/{file_id}")
 async def delete_file(file_id: str, request: Request) -> dict:
-    await _state(request).retrieval.delete_file(file_id)
+    await _state(request).retrieval.delete_file(caller_of(request).tenant, file_id)
     return {"id": file_id, "object": "file", "deleted": True}
 
 
-@router.post("/v1/create/rag")
+@router.post(CREATE_RAG)
 async def create_rag(
     request: Request,
     file: UploadFile | None = None,
@@ -76,38 +126,45 @@ async def create_rag(
     vdb_collection_name: Annotated[str, Form()] = "",
     chunk_capacity: Annotated[ChunkTokens | None, Form()] = None,
     chunk_overlap: Annotated[OverlapTokens | None, Form()] = None,
+    user: Annotated[str, Form()] = "",
 ) -> dict:
     """Ingests an uploaded `file` (or a stored `file_id`) into a collection, created with
     `chunk_capacity`/`chunk_overlap` tokens if new. Ingesting the same content twice adds
-    nothing (`created: false`)."""
+    nothing (`created: false`). Billed as the tokens embedded."""
     state = _state(request)
     if (file is None) == (not file_id):
         raise InvalidArgument("Give either `file` or `file_id`.", param="file")
     content = await _read(file) if file is not None else None
-    result = await state.retrieval.ingest(
-        vdb_collection_name,
-        file.filename or "" if file is not None else "",
-        file.content_type or "" if file is not None else "",
-        content,
-        file_id,
-        chunk_capacity,
-        chunk_overlap,
-        state.settings.request_timeout_s,
-    )
-    document = result.document
+    caller = caller_of(request)
+    serving = await state.catalog.serving_or_none(caller.serving_id)
+    tracker = track(request, CREATE_RAG, serving=serving, user_id=user_id_of(request, user))
+    with tracker.settling():
+        result = await state.retrieval.ingest(
+            caller.tenant,
+            vdb_collection_name,
+            file.filename or "" if file is not None else "",
+            file.content_type or "" if file is not None else "",
+            content,
+            file_id,
+            chunk_capacity,
+            chunk_overlap,
+            state.settings.request_timeout_s,
+        )
+        tracker.model = result.embedding_model
+        tracker.prompt_tokens = result.embedded_tokens
     return {
         "object": "rag.document",
         "collection": result.collection,
         "created": result.created,
-        "id": document.id,
-        "filename": document.filename,
-        "media_type": document.media_type,
-        "chunks": document.chunk_count,
+        "id": result.document_id,
+        "filename": result.filename,
+        "media_type": result.media_type,
+        "chunks": result.chunks,
         "usage": {"prompt_tokens": result.embedded_tokens, "total_tokens": result.embedded_tokens},
     }
 
 
-class CreateCollectionRequest(OpenAIModel):
+class CreateCollectionRequest(RequestBody):
     name: str = Field(min_length=1, max_length=64)
     chunk_tokens: ChunkTokens | None = None
     overlap_tokens: OverlapTokens | None = None
@@ -115,17 +172,21 @@ class CreateCollectionRequest(OpenAIModel):
 
 @router.get("/v1/collections")
 async def list_collections(request: Request) -> dict:
-    return {"object": "list", "data": await _state(request).retrieval.list_collections()}
+    caller = caller_of(request)
+    collections = await _state(request).retrieval.list_collections(caller.tenant, _sees_all(caller))
+    return {"object": "list", "data": [collection_json(c, caller) for c in collections]}
 
 
 @router.post("/v1/collections")
 async def create_collection(body: CreateCollectionRequest, request: Request) -> dict:
-    return await _state(request).retrieval.create_collection(
-        body.name, body.chunk_tokens, body.overlap_tokens
+    caller = caller_of(request)
+    collection = await _state(request).retrieval.create_collection(
+        caller.tenant, body.name, body.chunk_tokens, body.overlap_tokens
     )
+    return collection_json(collection, caller)
 
 
 @router.delete("/v1/collections/{name}")
 async def delete_collection(name: str, request: Request) -> dict:
-    await _state(request).retrieval.delete_collection(name)
+    await _state(request).retrieval.delete_collection(caller_of(request).tenant, name)
     return {"name": name, "object": "collection", "deleted": True}

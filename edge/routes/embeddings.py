@@ -10,12 +10,14 @@ from fastapi import APIRouter, Request
 from pydantic import Field, field_validator
 
 from edge.auth import resolve_access
-from edge.protocol import OpenAIModel
+from edge.protocol import MAX_INT32, RequestBody
 from edge.state import EdgeState
+from edge.tracking import track
 from services.common.records import ModelKind
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
+ENDPOINT = "/v1/embeddings"
 
 # OpenAI's own limit on inputs per request.
 MAX_INPUTS = 2048
@@ -28,16 +30,18 @@ def _is_token_ids(value) -> bool:
     return (
         isinstance(value, list)
         and bool(value)
-        and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in value)
+        and all(
+            isinstance(t, int) and not isinstance(t, bool) and 0 <= t <= MAX_INT32 for t in value
+        )
     )
 
 
-class EmbeddingRequest(OpenAIModel):
+class EmbeddingRequest(RequestBody):
     model: str = Field(min_length=1)
     # Parsed into a list of strings or a list of token-id lists (the model's own vocabulary).
     input: list[str] | list[list[int]]
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: Annotated[int, Field(ge=1)] | None = None
+    dimensions: Annotated[int, Field(ge=1, le=MAX_INT32)] | None = None
     user: str | None = None
 
     @field_validator("input", mode="before")
@@ -55,7 +59,7 @@ class EmbeddingRequest(OpenAIModel):
             return [items]
         if all(_is_token_ids(item) for item in items):
             return items
-        raise ValueError(f"must be {_INPUT_SHAPES}, with no empty item or negative id")
+        raise ValueError(f"must be {_INPUT_SHAPES}, with no empty item and ids in 0..{MAX_INT32}")
 
 
 def _encode(vector, encoding_format: str):
@@ -65,15 +69,27 @@ def _encode(vector, encoding_format: str):
     return vector.tolist()
 
 
-@router.post("/v1/embeddings")
+@router.post(ENDPOINT)
 async def create_embedding(body: EmbeddingRequest, request: Request) -> dict:
     state: EdgeState = request.app.state.edge
     if body.ignored_fields:
         logger.info("ignoring unsupported request fields: %s", ", ".join(body.ignored_fields))
-    model = (await resolve_access(request, body.model, ModelKind.EMBEDDING, body.user)).model
-    result = await state.embedding.embed(
-        model.name, body.input, body.dimensions or 0, timeout_s=state.settings.request_timeout_s
+    access = await resolve_access(request, body.model, ModelKind.EMBEDDING, body.user)
+    tracker = track(
+        request,
+        ENDPOINT,
+        serving=access.serving,
+        user_id=access.user_id,
+        model=access.model.name,
     )
+    with tracker.settling():
+        result = await state.embedding.embed(
+            access.model.name,
+            body.input,
+            body.dimensions or 0,
+            timeout_s=state.settings.request_timeout_s,
+        )
+        tracker.prompt_tokens = result.prompt_tokens
     data = []
     for index, vector in enumerate(result.vectors):
         item = {
@@ -87,6 +103,6 @@ async def create_embedding(body: EmbeddingRequest, request: Request) -> dict:
     return {
         "object": "list",
         "data": data,
-        "model": model.name,
+        "model": access.model.name,
         "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
     }

@@ -1,6 +1,6 @@
 """GET|POST /v1/info: version, served models with their prompt template, context size and
 default sampling, and the vector store configuration, as the node API reports them.
-Never secrets: the store reports a location without credentials."""
+Never secrets; where the store lives is an operator's detail, shown to the admin token only."""
 
 from __future__ import annotations
 
@@ -9,14 +9,26 @@ import logging
 
 from fastapi import APIRouter, Request
 
+from edge.auth import caller_of
 from edge.state import EdgeState
+from services.common.domain import PLATFORM_SAMPLING
 from services.common.errors import ServiceError
+from services.common.records import ModelKind, ModelRecord
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
 
 
-@router.api_route("/v1/info", methods=["GET", "POST"])
+def _default_sampling(model: ModelRecord) -> dict:
+    """What a request that sets nothing gets: the model's defaults, then the platform's."""
+    if model.kind is not ModelKind.CHAT:
+        return {}
+    return model.default_sampling.with_defaults(PLATFORM_SAMPLING).to_dict()
+
+
+# POST too, as the node API's docs call it; one route per method keeps operation ids unique.
+@router.get("/v1/info")
+@router.post("/v1/info")
 async def get_info(request: Request) -> dict:
     state: EdgeState = request.app.state.edge
     models = await state.catalog.models()
@@ -24,14 +36,15 @@ async def get_info(request: Request) -> dict:
         store = await state.retrieval.store_info()
         vector_store = {
             "kind": store.kind,
-            "location": store.location,
             "collection": store.default_collection,
             "limit": store.default_limit,
             "score_threshold": round(store.default_score_threshold, 6),
             "embedding_model": store.embedding_model,
-            "chunk_tokens": store.default_chunking.chunk_tokens,
-            "overlap_tokens": store.default_chunking.overlap_tokens,
+            "chunk_tokens": store.chunk_tokens,
+            "overlap_tokens": store.overlap_tokens,
         }
+        if caller_of(request).admin:
+            vector_store["location"] = store.location
     except ServiceError as error:
         # The rest of the node's description is still worth answering with.
         logger.warning("vector store info unavailable: %s", error.message)
@@ -44,7 +57,7 @@ async def get_info(request: Request) -> dict:
                 "kind": model.kind.name.lower(),
                 "prompt_template": model.chat_template,
                 "context_size": model.context_length,
-                "default_sampling": model.default_sampling.to_dict(),
+                "default_sampling": _default_sampling(model),
             }
             for model in models
         ],

@@ -7,12 +7,15 @@ import logging
 
 from fastapi import APIRouter, Request
 
+from edge.auth import caller_of, user_id_of
 from edge.protocol import ChatCompletionRequest
 from edge.rag import last_user_message, rag_queries
 from edge.state import EdgeState
+from edge.tracking import track
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
+ENDPOINT = "/v1/retrieve"
 
 
 class RetrieveRequest(ChatCompletionRequest):
@@ -20,21 +23,33 @@ class RetrieveRequest(ChatCompletionRequest):
     model: str | None = None
 
 
-@router.post("/v1/retrieve")
+@router.post(ENDPOINT)
 async def retrieve(body: RetrieveRequest, request: Request) -> dict:
+    """Searches the caller's own collections only; billed as the query's embedded tokens."""
     state: EdgeState = request.app.state.edge
     body.log_ignored_fields()
     query = last_user_message(body.to_messages())
-    # Without vdb_collection_name, "" lets the retrieval service use its default collection.
-    results = [
-        await state.retrieval.retrieve(
-            q.collection, query, q.limit, q.score_threshold, state.settings.rag_timeout_s
-        )
-        for q in rag_queries(body, "")
-    ]
+    caller = caller_of(request)
+    serving = await state.catalog.serving_or_none(caller.serving_id)
+    tracker = track(request, ENDPOINT, serving=serving, user_id=user_id_of(request, body.user))
+    with tracker.settling():
+        # Without vdb_collection_name, "" lets the retrieval service use its default collection.
+        results = []
+        for q in rag_queries(body, ""):
+            result = await state.retrieval.retrieve(
+                caller.tenant,
+                q.collection,
+                query,
+                q.limit,
+                q.score_threshold,
+                state.settings.rag_timeout_s,
+            )
+            results.append(result)
+            tracker.model = result.embedding_model
+            tracker.prompt_tokens += result.query_tokens
     points = sorted((p for r in results for p in r.points), key=lambda p: -p.score)
     return {
-        "points": [{"source": p.source, "score": p.score} for p in points],
+        "points": [{"source": p.source, "score": round(p.score, 6)} for p in points],
         "limit": results[0].limit,
-        "score_threshold": results[0].score_threshold,
+        "score_threshold": round(results[0].score_threshold, 6),
     }

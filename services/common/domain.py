@@ -19,11 +19,16 @@ _SAMPLING_FIELDS = (
     "top_p",
     "top_k",
     "max_tokens",
+    "n_predict",
     "seed",
     "presence_penalty",
     "frequency_penalty",
     "repetition_penalty",
 )
+
+
+def _float32_digits(value: float) -> float:
+    return float(f"{value:.7g}")
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,8 @@ class SamplingParams:
     top_p: float | None = None
     top_k: int | None = None
     max_tokens: int | None = None
+    # Bound on generated tokens when max_tokens is unset (the node API's name for it).
+    n_predict: int | None = None
     stop: tuple[str, ...] = ()
     seed: int | None = None
     presence_penalty: float | None = None
@@ -72,8 +79,13 @@ class SamplingParams:
         return dataclasses.replace(self, stop=self.stop or defaults.stop, **merged)
 
     def to_dict(self) -> dict:
-        """JSON-friendly form of the fields a default may set, unset ones left out."""
-        data = {k: getattr(self, k) for k in _SAMPLING_FIELDS if getattr(self, k) is not None}
+        """JSON-friendly form of the fields a default may set, unset ones left out. Floats keep
+        the 7 significant digits a float32 holds (0.3, not 0.30000001192092896)."""
+        data = {
+            k: _float32_digits(v) if isinstance(v, float) else v
+            for k in _SAMPLING_FIELDS
+            if (v := getattr(self, k)) is not None
+        }
         if self.stop:
             data["stop"] = list(self.stop)
         return data
@@ -107,6 +119,20 @@ class SamplingParams:
             ignore_eos=self.ignore_eos,
             **{k: v for k, v in values.items() if v is not None},
         )
+
+
+DEFAULT_N_PREDICT = 1024
+# Where neither the request, the serving nor the model sets a value (OpenAI's defaults, and a
+# bounded completion: a request without max_tokens never runs to the end of the context).
+PLATFORM_SAMPLING = SamplingParams(
+    temperature=1.0,
+    top_p=1.0,
+    top_k=0,
+    n_predict=DEFAULT_N_PREDICT,
+    presence_penalty=0.0,
+    frequency_penalty=0.0,
+    repetition_penalty=1.0,
+)
 
 
 @dataclass(frozen=True)

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import grpc
 import numpy as np
 
 from llmserve.embedding.v1 import embedding_pb2, embedding_pb2_grpc
+from services.common.client import ServiceClient
 from services.common.domain import TokenSpans
-from services.common.errors import from_rpc_error
-from services.common.logs import REQUEST_ID_METADATA_KEY, request_id_var
-from services.common.rpc import insecure_channel
 
 
 @dataclass(frozen=True)
@@ -33,23 +30,15 @@ _OVERLONG = {
 }
 
 
-def _metadata() -> tuple[tuple[str, str], ...]:
-    return ((REQUEST_ID_METADATA_KEY, request_id_var.get()),)
-
-
 def _input(item: str | list[int]) -> embedding_pb2.EmbedInput:
     if isinstance(item, str):
         return embedding_pb2.EmbedInput(text=item)
     return embedding_pb2.EmbedInput(tokens=embedding_pb2.TokenIds(ids=item))
 
 
-class EmbeddingClient:
-    def __init__(self, address: str):
-        self._channel = insecure_channel(address)
-        self._stub = embedding_pb2_grpc.EmbeddingServiceStub(self._channel)
-
-    async def close(self) -> None:
-        await self._channel.close()
+class EmbeddingClient(ServiceClient):
+    def __init__(self, address: str, timeout_s: float = 60.0):
+        super().__init__(address, embedding_pb2_grpc.EmbeddingServiceStub, timeout_s)
 
     async def embed(
         self,
@@ -57,7 +46,7 @@ class EmbeddingClient:
         inputs: list[str] | list[list[int]],
         dimensions: int = 0,
         truncate: bool | None = None,
-        timeout_s: float = 60.0,
+        timeout_s: float | None = None,
     ) -> Embeddings:
         """`truncate` None leaves overlong inputs to the service's configured policy."""
         request = embedding_pb2.EmbedRequest(
@@ -66,25 +55,17 @@ class EmbeddingClient:
             dimensions=dimensions,
             overlong=_OVERLONG[truncate],
         )
-        try:
-            response = await self._stub.Embed(request, timeout=timeout_s, metadata=_metadata())
-        except grpc.aio.AioRpcError as error:
-            raise from_rpc_error(error) from error
+        response = await self._unary(self._stub.Embed, request, timeout_s)
         return Embeddings(
             vectors=np.array([e.values for e in response.embeddings], dtype=np.float32),
             token_counts=[e.token_count for e in response.embeddings],
             truncated=[e.truncated for e in response.embeddings],
         )
 
-    async def tokenize(
-        self, model: str, texts: list[str], timeout_s: float = 60.0
-    ) -> tuple[list[TokenSpans], int]:
+    async def tokenize(self, model: str, texts: list[str]) -> tuple[list[TokenSpans], int]:
         """Tokens of each text, and the most content tokens one input to the model may hold."""
         request = embedding_pb2.TokenizeRequest(model=model, texts=texts)
-        try:
-            response = await self._stub.Tokenize(request, timeout=timeout_s, metadata=_metadata())
-        except grpc.aio.AioRpcError as error:
-            raise from_rpc_error(error) from error
+        response = await self._unary(self._stub.Tokenize, request)
         spans = [
             TokenSpans(list(t.ids), list(t.char_starts), list(t.char_ends)) for t in response.texts
         ]

@@ -7,20 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from services.common.domain import SamplingParams
-from services.common.errors import InvalidArgument
-
-MAX_TOP_LOGPROBS = 20
-
-# Used where neither the request, the serving nor the model sets a value (OpenAI's defaults).
-PLATFORM_DEFAULTS = SamplingParams(
-    temperature=1.0,
-    top_p=1.0,
-    top_k=0,
-    presence_penalty=0.0,
-    frequency_penalty=0.0,
-    repetition_penalty=1.0,
-)
+from services.common.domain import PLATFORM_SAMPLING, SamplingParams
 
 
 @dataclass(frozen=True)
@@ -44,40 +31,14 @@ class ResolvedSampling:
 
     @classmethod
     def resolve(cls, params: SamplingParams, max_new_tokens: int) -> ResolvedSampling:
-        """`max_new_tokens` is what the context leaves; max_tokens may not ask for more."""
-        p = params.with_defaults(PLATFORM_DEFAULTS)
-        if not 0.0 <= p.temperature <= 2.0:
-            raise InvalidArgument("temperature must be between 0 and 2.", param="temperature")
-        if not 0.0 < p.top_p <= 1.0:
-            raise InvalidArgument("top_p must be in (0, 1].", param="top_p")
-        if p.top_k < 0:
-            raise InvalidArgument("top_k must be 0 (disabled) or positive.", param="top_k")
-        for name in ("presence_penalty", "frequency_penalty"):
-            if not -2.0 <= getattr(p, name) <= 2.0:
-                raise InvalidArgument(f"{name} must be between -2 and 2.", param=name)
-        if p.repetition_penalty <= 0:
-            raise InvalidArgument(
-                "repetition_penalty must be positive.", param="repetition_penalty"
-            )
-        if p.max_tokens is not None and p.max_tokens < 1:
-            raise InvalidArgument("max_tokens must be at least 1.", param="max_tokens")
-        if any(not -100.0 <= bias <= 100.0 for _, bias in p.logit_bias):
-            raise InvalidArgument(
-                "logit_bias values must be between -100 and 100.", param="logit_bias"
-            )
-        if not 0 <= p.top_logprobs <= MAX_TOP_LOGPROBS:
-            raise InvalidArgument(
-                f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}.", param="top_logprobs"
-            )
-        if p.top_logprobs and not p.logprobs:
-            raise InvalidArgument(
-                "top_logprobs requires logprobs to be true.", param="top_logprobs"
-            )
+        """`max_new_tokens` is what the context leaves (the caller refused more)."""
+        # Ranges are the edge's to check (edge/protocol.py); the gRPC API documents them.
+        p = params.with_defaults(PLATFORM_SAMPLING)
         return cls(
             temperature=p.temperature,
             top_p=p.top_p,
             top_k=p.top_k,
-            max_tokens=min(p.max_tokens or max_new_tokens, max_new_tokens),
+            max_tokens=min(p.max_tokens or p.n_predict, max_new_tokens),
             stop=p.stop,
             seed=p.seed if p.seed is not None else secrets.randbits(63),
             presence_penalty=p.presence_penalty,

@@ -26,6 +26,7 @@ _GENERATION_KEYS = {
     "top_p": "top_p",
     "top_k": "top_k",
     "repetition_penalty": "repetition_penalty",
+    "max_new_tokens": "n_predict",
 }
 
 

@@ -9,6 +9,7 @@ worker threads.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ import numpy as np
 
 from services.common.domain import now_ms
 from services.common.embedding_client import EmbeddingClient
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, NotFound
 from services.retrieval.chunking import chunk_text
 from services.retrieval.domain import (
     Chunk,
@@ -28,6 +29,8 @@ from services.retrieval.domain import (
     ScoredChunk,
     SearchMode,
     check_collection_name,
+    split_store_name,
+    store_name,
 )
 from services.retrieval.extract import extract_text, media_type_of
 from services.retrieval.files import FileStore, StoredFile
@@ -56,6 +59,7 @@ class IngestResult:
     document: DocumentInfo
     created: bool
     embedded_tokens: int
+    embedding_model: str
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,9 @@ class RetrieveResult:
     points: list[ScoredChunk]
     limit: int
     score_threshold: float
+    # Tokens of the query the embedding model saw, and which model that was.
+    query_tokens: int
+    embedding_model: str
 
 
 @dataclass(frozen=True)
@@ -98,14 +105,21 @@ class RetrievalCore:
     # Collections
 
     async def create_collection(
-        self, name: str, chunk_tokens: int = 0, overlap_tokens: int | None = None
+        self, tenant: int, name: str, chunk_tokens: int = 0, overlap_tokens: int | None = None
     ) -> CollectionInfo:
-        check_collection_name(name)
+        spec = await self._new_spec(
+            tenant, check_collection_name(name), chunk_tokens, overlap_tokens
+        )
+        info = await asyncio.to_thread(self.store.create_collection, spec)
+        return _visible(info)
+
+    async def _new_spec(
+        self, tenant: int, name: str, chunk_tokens: int, overlap_tokens: int | None
+    ) -> CollectionSpec:
         model = self.defaults.embedding_model
         facts = await self._model_facts(model)
         chunking = self._chunking(chunk_tokens, overlap_tokens, facts)
-        spec = CollectionSpec(name, model, facts.dimensions, chunking)
-        return await asyncio.to_thread(self.store.create_collection, spec)
+        return CollectionSpec(store_name(tenant, name), model, facts.dimensions, chunking)
 
     def _chunking(
         self, chunk_tokens: int, overlap_tokens: int | None, facts: _ModelFacts
@@ -126,34 +140,43 @@ class RetrievalCore:
             )
         return ChunkSettings(tokens, overlap)
 
-    async def list_collections(self) -> list[CollectionInfo]:
-        return await asyncio.to_thread(self.store.list_collections)
+    async def list_collections(
+        self, tenant: int, all_tenants: bool = False
+    ) -> list[CollectionInfo]:
+        infos = [_visible(c) for c in await asyncio.to_thread(self.store.list_collections)]
+        return infos if all_tenants else [c for c in infos if c.tenant == tenant]
 
-    async def delete_collection(self, name: str) -> None:
-        await asyncio.to_thread(self.store.delete_collection, check_collection_name(name))
+    async def delete_collection(self, tenant: int, name: str) -> None:
+        stored = store_name(tenant, check_collection_name(name))
+        try:
+            await asyncio.to_thread(self.store.delete_collection, stored)
+        except NotFound as error:
+            # The store names the qualified name; the caller knows only its own.
+            raise NotFound(
+                f"The collection `{name}` does not exist.", param="collection"
+            ) from error
 
-    async def _collection(
-        self, name: str, chunk_tokens: int, overlap_tokens: int | None
-    ) -> CollectionInfo:
-        async with self._creating:
-            existing = {c.spec.name: c for c in await self.list_collections()}
-            if name in existing:
-                return existing[name]
-            return await self.create_collection(name, chunk_tokens, overlap_tokens)
+    async def _find_collection(self, stored: str) -> CollectionInfo | None:
+        try:
+            return await asyncio.to_thread(self.store.get_collection, stored)
+        except NotFound:
+            return None
 
     # Files
 
-    async def upload_file(self, filename: str, content: bytes, purpose: str) -> StoredFile:
+    async def upload_file(
+        self, tenant: int, filename: str, content: bytes, purpose: str
+    ) -> StoredFile:
         self._check_size(content)
         if not filename:
             raise InvalidArgument("`filename` is required.", param="file")
-        return await asyncio.to_thread(self.files.add, filename, content, purpose)
+        return await asyncio.to_thread(self.files.add, tenant, filename, content, purpose)
 
-    async def list_files(self) -> list[StoredFile]:
-        return await asyncio.to_thread(self.files.list)
+    async def list_files(self, tenant: int, all_tenants: bool = False) -> list[StoredFile]:
+        return await asyncio.to_thread(self.files.list, None if all_tenants else tenant)
 
-    async def delete_file(self, file_id: str) -> None:
-        await asyncio.to_thread(self.files.delete, file_id)
+    async def delete_file(self, tenant: int, file_id: str) -> None:
+        await asyncio.to_thread(self.files.delete, tenant, file_id)
 
     def _check_size(self, content: bytes) -> None:
         if not content:
@@ -167,6 +190,7 @@ class RetrievalCore:
 
     async def ingest(
         self,
+        tenant: int,
         collection: str,
         filename: str,
         media_type: str,
@@ -176,31 +200,40 @@ class RetrievalCore:
         overlap_tokens: int | None = None,
     ) -> IngestResult:
         name = check_collection_name(collection or self.defaults.collection)
+        stored_name = store_name(tenant, name)
         if file_id:
-            stored, content = await asyncio.to_thread(self.files.get, file_id)
+            stored, content = await asyncio.to_thread(self.files.get, tenant, file_id)
             filename = filename or stored.filename
         if content is None:
             raise InvalidArgument("Give the file's content or the id of an uploaded file.")
         self._check_size(content)
         media_type = media_type_of(filename, media_type)
-        info = await self._collection(name, chunk_tokens, overlap_tokens)
         document_id = hashlib.sha256(content).hexdigest()
-        existing = await asyncio.to_thread(self.store.find_document, name, document_id)
+        existing = await self._find_collection(stored_name)
         if existing is not None:
-            return IngestResult(name, existing, False, 0)
+            spec = existing.spec
+            found = await asyncio.to_thread(self.store.find_document, stored_name, document_id)
+            if found is not None:
+                return IngestResult(name, found, False, 0, spec.embedding_model)
+        else:
+            # A new collection is created only once its first document is ready to store,
+            # so a failed ingestion leaves nothing behind.
+            spec = await self._new_spec(tenant, name, chunk_tokens, overlap_tokens)
 
         text = await asyncio.to_thread(extract_text, content, media_type, filename)
-        (spans,), _ = await self._embedding.tokenize(info.spec.embedding_model, [text])
-        chunking = info.spec.chunking
-        texts = chunk_text(text, spans, chunking.chunk_tokens, chunking.overlap_tokens)
-        vectors, tokens = await self._embed_all(info.spec.embedding_model, texts)
+        (spans,), _ = await self._embedding.tokenize(spec.embedding_model, [text])
+        texts = chunk_text(text, spans, spec.chunking.chunk_tokens, spec.chunking.overlap_tokens)
+        vectors, tokens = await self._embed_all(spec.embedding_model, texts)
         chunks = [Chunk(i, t, v) for i, (t, v) in enumerate(zip(texts, vectors, strict=True))]
         document = DocumentInfo(document_id, filename, media_type, len(chunks), now_ms())
-        stored = await asyncio.to_thread(self.store.add_document, name, document, chunks)
+        async with self._creating:
+            if await self._find_collection(stored_name) is None:
+                await asyncio.to_thread(self.store.create_collection, spec)
+        stored = await asyncio.to_thread(self.store.add_document, stored_name, document, chunks)
         logger.info(
-            "ingested %s into %s: %d chunks, %d tokens", filename, name, len(chunks), tokens
+            "ingested %s into %s: %d chunks, %d tokens", filename, stored_name, len(chunks), tokens
         )
-        return IngestResult(name, stored, True, tokens)
+        return IngestResult(name, stored, True, tokens, spec.embedding_model)
 
     async def _embed_all(self, model: str, texts: list[str]) -> tuple[np.ndarray, int]:
         vectors, tokens = [], 0
@@ -217,6 +250,7 @@ class RetrievalCore:
 
     async def retrieve(
         self,
+        tenant: int,
         collection: str,
         query: str,
         limit: int = 0,
@@ -232,14 +266,28 @@ class RetrievalCore:
         alpha = _DEFAULT_ALPHA if alpha is None else alpha
         if not 0.0 <= alpha <= 1.0:
             raise InvalidArgument("alpha must be between 0 and 1.", param="alpha")
-        info = await asyncio.to_thread(self.store.get_collection, name)
+        stored_name = store_name(tenant, name)
+        info = await self._find_collection(stored_name)
+        if info is None:
+            if name == self.defaults.collection:
+                # Every tenant has a default collection; until something is ingested it is empty.
+                return RetrieveResult(name, [], limit, threshold, 0, self.defaults.embedding_model)
+            raise NotFound(f"The collection `{name}` does not exist.", param="collection")
         # A long question is still a question: search with its first max-tokens.
         result = await self._embedding.embed(info.spec.embedding_model, [query], truncate=True)
         found = await asyncio.to_thread(
-            self.store.search, name, _unit(result.vectors)[0], query, limit, mode, alpha
+            self.store.search, stored_name, _unit(result.vectors)[0], query, limit, mode, alpha
         )
         points = [p for p in found if p.score >= threshold]
-        return RetrieveResult(name, points, limit, threshold)
+        return RetrieveResult(
+            name, points, limit, threshold, result.prompt_tokens, info.spec.embedding_model
+        )
+
+
+def _visible(info: CollectionInfo) -> CollectionInfo:
+    """The collection as its tenant names it."""
+    tenant, name = split_store_name(info.spec.name)
+    return dataclasses.replace(info, spec=dataclasses.replace(info.spec, name=name), tenant=tenant)
 
 
 def _unit(vectors: np.ndarray) -> np.ndarray:

@@ -11,17 +11,34 @@ import numpy as np
 
 from services.common.errors import InvalidArgument
 
-# Letters, digits and underscores: valid in every backend (Weaviate class names included).
+# Letters, digits and single underscores: valid in every backend (Weaviate class names
+# included), and never holding the separator of tenant-qualified names.
 _COLLECTION_NAME = re.compile(r"[A-Za-z0-9_]{1,64}")
+_TENANT_SEPARATOR = "__"
 
 
 def check_collection_name(name: str) -> str:
-    if not _COLLECTION_NAME.fullmatch(name):
+    if not _COLLECTION_NAME.fullmatch(name) or _TENANT_SEPARATOR in name:
         raise InvalidArgument(
-            f"Invalid collection name `{name}`: use 1 to 64 letters, digits or underscores.",
+            f"Invalid collection name `{name}`: use 1 to 64 letters, digits or single underscores.",
             param="collection",
         )
     return name
+
+
+def store_name(tenant: int, name: str) -> str:
+    """The name a tenant's collection has in the vector store: `<tenant>__<name>`. Tenant 0
+    (the shared namespace) keeps plain names, so collections made before tenancy stay its own.
+    User names never hold `__`, so the two kinds never meet."""
+    return f"{tenant}{_TENANT_SEPARATOR}{name}" if tenant else name
+
+
+def split_store_name(stored: str) -> tuple[int, str]:
+    """(tenant, name) of a name in the vector store; the inverse of `store_name`."""
+    tenant, separator, name = stored.partition(_TENANT_SEPARATOR)
+    if separator and tenant.isdigit():
+        return int(tenant), name
+    return 0, stored
 
 
 class SearchMode(enum.Enum):
@@ -70,6 +87,8 @@ class CollectionInfo:
     document_count: int
     chunk_count: int
     created_at_unix_ms: int
+    # Set by the core, which shows callers the name without its tenant (see `store_name`).
+    tenant: int = 0
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 Each file is written to a temporary name, fsynced and renamed before its row is committed,
 so an acknowledged upload survives a crash and a crash never leaves a half file behind a row.
+A file belongs to the tenant that uploaded it; to every other tenant it does not exist.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ CREATE TABLE IF NOT EXISTS files (
     filename TEXT NOT NULL,
     bytes INTEGER NOT NULL,
     purpose TEXT NOT NULL,
-    created_at_unix_ms INTEGER NOT NULL
+    created_at_unix_ms INTEGER NOT NULL,
+    tenant INTEGER NOT NULL DEFAULT 0
 );
 """
+_COLUMNS = "id, filename, bytes, purpose, created_at_unix_ms, tenant"
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,7 @@ class StoredFile:
     bytes: int
     purpose: str
     created_at_unix_ms: int
+    tenant: int
 
 
 class FileStore:
@@ -46,19 +50,19 @@ class FileStore:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.executescript(_SCHEMA)
+        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(files)")}
+        if "tenant" not in columns:
+            # Files uploaded before tenancy belong to the shared namespace.
+            self._conn.execute("ALTER TABLE files ADD COLUMN tenant INTEGER NOT NULL DEFAULT 0")
         self._lock = threading.Lock()
 
     def close(self) -> None:
         with self._lock:
             self._conn.close()
 
-    def add(self, filename: str, content: bytes, purpose: str) -> StoredFile:
+    def add(self, tenant: int, filename: str, content: bytes, purpose: str) -> StoredFile:
         stored = StoredFile(
-            f"file-{uuid.uuid4().hex[:24]}",
-            filename,
-            len(content),
-            purpose,
-            now_ms(),
+            f"file-{uuid.uuid4().hex[:24]}", filename, len(content), purpose, now_ms(), tenant
         )
         path = self._blobs / stored.id
         partial = path.with_suffix(".partial")
@@ -74,28 +78,34 @@ class FileStore:
             os.close(directory)
         with self._lock:
             self._conn.execute(
-                "INSERT INTO files VALUES (?, ?, ?, ?, ?)",
-                (stored.id, filename, stored.bytes, purpose, stored.created_at_unix_ms),
+                f"INSERT INTO files ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                (stored.id, filename, stored.bytes, purpose, stored.created_at_unix_ms, tenant),
             )
         return stored
 
-    def get(self, file_id: str) -> tuple[StoredFile, bytes]:
+    def get(self, tenant: int, file_id: str) -> tuple[StoredFile, bytes]:
         with self._lock:
-            row = self._conn.execute("SELECT * FROM files WHERE id = ?", (file_id,)).fetchone()
+            row = self._conn.execute(
+                f"SELECT {_COLUMNS} FROM files WHERE id = ? AND tenant = ?", (file_id, tenant)
+            ).fetchone()
         if row is None:
             raise NotFound(f"No such file: `{file_id}`.", param="file_id")
         return StoredFile(*row), (self._blobs / file_id).read_bytes()
 
-    def list(self) -> list[StoredFile]:
+    def list(self, tenant: int | None) -> list[StoredFile]:
+        """A tenant's files, or every tenant's (None), newest first."""
+        where, args = ("WHERE tenant = ?", (tenant,)) if tenant is not None else ("", ())
         with self._lock:
             rows = self._conn.execute(
-                "SELECT * FROM files ORDER BY created_at_unix_ms DESC, id"
+                f"SELECT {_COLUMNS} FROM files {where} ORDER BY created_at_unix_ms DESC, id", args
             ).fetchall()
         return [StoredFile(*row) for row in rows]
 
-    def delete(self, file_id: str) -> None:
+    def delete(self, tenant: int, file_id: str) -> None:
         with self._lock:
-            deleted = self._conn.execute("DELETE FROM files WHERE id = ?", (file_id,)).rowcount
+            deleted = self._conn.execute(
+                "DELETE FROM files WHERE id = ? AND tenant = ?", (file_id, tenant)
+            ).rowcount
         if not deleted:
             raise NotFound(f"No such file: `{file_id}`.", param="file_id")
         (self._blobs / file_id).unlink(missing_ok=True)

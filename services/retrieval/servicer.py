@@ -35,6 +35,7 @@ def collection_pb(info: CollectionInfo) -> retrieval_pb2.Collection:
         document_count=info.document_count,
         chunk_count=info.chunk_count,
         created_at_unix_ms=info.created_at_unix_ms,
+        tenant=info.tenant,
     )
 
 
@@ -55,6 +56,7 @@ def file_pb(stored: StoredFile) -> retrieval_pb2.File:
         bytes=stored.bytes,
         purpose=stored.purpose,
         created_at_unix_ms=stored.created_at_unix_ms,
+        tenant=stored.tenant,
     )
 
 
@@ -65,6 +67,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
     @rpc_method
     async def Retrieve(self, request, context):
         result = await self._core.retrieve(
+            request.tenant,
             request.collection,
             request.query,
             request.limit,
@@ -86,6 +89,8 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
             limit=result.limit,
             score_threshold=result.score_threshold,
             collection=result.collection,
+            query_tokens=result.query_tokens,
+            embedding_model=result.embedding_model,
         )
 
     @rpc_method
@@ -94,6 +99,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
         if source is None:
             raise InvalidArgument("Give `content` or `file_id`.", param="file")
         result = await self._core.ingest(
+            request.tenant,
             request.collection,
             request.filename,
             request.media_type,
@@ -107,40 +113,43 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
             created=result.created,
             collection=result.collection,
             embedded_tokens=result.embedded_tokens,
+            embedding_model=result.embedding_model,
         )
 
     @rpc_method
     async def CreateCollection(self, request, context):
         info = await self._core.create_collection(
-            request.name, request.chunking.chunk_tokens, _overlap(request.chunking)
+            request.tenant, request.name, request.chunking.chunk_tokens, _overlap(request.chunking)
         )
         return retrieval_pb2.CreateCollectionResponse(collection=collection_pb(info))
 
     @rpc_method
     async def ListCollections(self, request, context):
-        collections = await self._core.list_collections()
+        collections = await self._core.list_collections(request.tenant, request.all_tenants)
         return retrieval_pb2.ListCollectionsResponse(
             collections=[collection_pb(c) for c in collections]
         )
 
     @rpc_method
     async def DeleteCollection(self, request, context):
-        await self._core.delete_collection(request.name)
+        await self._core.delete_collection(request.tenant, request.name)
         return retrieval_pb2.DeleteCollectionResponse()
 
     @rpc_method
     async def UploadFile(self, request, context):
-        stored = await self._core.upload_file(request.filename, request.content, request.purpose)
+        stored = await self._core.upload_file(
+            request.tenant, request.filename, request.content, request.purpose
+        )
         return retrieval_pb2.UploadFileResponse(file=file_pb(stored))
 
     @rpc_method
     async def ListFiles(self, request, context):
-        files = await self._core.list_files()
+        files = await self._core.list_files(request.tenant, request.all_tenants)
         return retrieval_pb2.ListFilesResponse(files=[file_pb(f) for f in files])
 
     @rpc_method
     async def DeleteFile(self, request, context):
-        await self._core.delete_file(request.id)
+        await self._core.delete_file(request.tenant, request.id)
         return retrieval_pb2.DeleteFileResponse()
 
     @rpc_method
