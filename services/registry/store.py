@@ -1,5 +1,7 @@
 """SQLite persistence of the registry. Every write commits (WAL, synchronous=FULL) before returning.
 
+Opening a database upgrades its schema in place (services/registry/migrations).
+
 Blocking: callers on an event loop run these methods in a worker thread.
 """
 
@@ -14,6 +16,8 @@ import sqlite3
 import threading
 from dataclasses import replace
 from pathlib import Path
+
+import sqlalchemy as sa
 
 from services.common.domain import SamplingParams, now_ms
 from services.common.errors import AlreadyExists, FailedPrecondition, NotFound, Unauthenticated
@@ -30,58 +34,7 @@ from services.common.records import (
     UsageStatus,
     UsageSummary,
 )
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS models (
-    name TEXT PRIMARY KEY,
-    kind INTEGER NOT NULL,
-    source TEXT NOT NULL,
-    source_format INTEGER NOT NULL,
-    source_sha256 TEXT NOT NULL,
-    artifact_dir TEXT NOT NULL,
-    chat_template TEXT NOT NULL,
-    context_length INTEGER NOT NULL,
-    default_sampling TEXT NOT NULL,
-    created_at_unix_ms INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS servings (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    name TEXT NOT NULL,
-    model TEXT NOT NULL REFERENCES models(name),
-    system_prompt TEXT NOT NULL,
-    default_sampling TEXT NOT NULL,
-    rag_collection TEXT NOT NULL,
-    created_at_unix_ms INTEGER NOT NULL,
-    moderation TEXT NOT NULL,
-    limits TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS api_keys (
-    id TEXT PRIMARY KEY,
-    serving_id INTEGER NOT NULL REFERENCES servings(id) ON DELETE CASCADE,
-    name TEXT NOT NULL,
-    secret_sha256 TEXT NOT NULL UNIQUE,
-    created_at_unix_ms INTEGER NOT NULL,
-    expires_at_unix_ms INTEGER NOT NULL,
-    revoked_at_unix_ms INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS usage (
-    request_id TEXT PRIMARY KEY,
-    created_at_unix_ms INTEGER NOT NULL,
-    serving_id INTEGER NOT NULL,
-    model TEXT NOT NULL,
-    api_key_id TEXT NOT NULL,
-    user_id TEXT NOT NULL,
-    prompt_tokens INTEGER NOT NULL,
-    completion_tokens INTEGER NOT NULL,
-    latency_ms INTEGER NOT NULL,
-    ttft_ms INTEGER NOT NULL,
-    status INTEGER NOT NULL,
-    blocked INTEGER NOT NULL,
-    endpoint TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS usage_by_time ON usage (created_at_unix_ms);
-CREATE INDEX IF NOT EXISTS usage_by_serving ON usage (serving_id, created_at_unix_ms);
-"""
+from services.registry.migrations import upgrade_schema
 
 # Secrets look like OpenAI keys; the prefix lets scanners recognise leaked ones.
 SECRET_PREFIX = "sk-llms-"
@@ -110,6 +63,8 @@ class RegistryStore:
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        # Before the store's own connection exists: a failed upgrade leaves nothing open.
+        upgrade_schema(sa.URL.create("sqlite", database=str(path)))
         # One connection guarded by a lock: writes are tiny and rare next to inference.
         self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._conn.row_factory = sqlite3.Row
@@ -117,7 +72,6 @@ class RegistryStore:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.execute("PRAGMA foreign_keys=ON")
-        self._conn.executescript(_SCHEMA)
 
     def close(self) -> None:
         with self._lock:
