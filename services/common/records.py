@@ -261,6 +261,13 @@ class UsageQuery:
     until_unix_ms: int = 0
     limit: int = 100
 
+    @classmethod
+    def from_pb(cls, pb: registry_pb2.QueryUsageRequest) -> UsageQuery:
+        return cls(**{f.name: getattr(pb, f.name) for f in dataclasses.fields(cls)})
+
+    def to_pb(self) -> registry_pb2.QueryUsageRequest:
+        return registry_pb2.QueryUsageRequest(**dataclasses.asdict(self))
+
 
 @dataclass(frozen=True)
 class UsageSummary:
@@ -268,3 +275,21 @@ class UsageSummary:
     total_requests: int
     prompt_tokens: int
     completion_tokens: int
+
+    @classmethod
+    def from_pb(cls, pb: registry_pb2.QueryUsageResponse) -> UsageSummary:
+        return cls(
+            records=[UsageRecord.from_pb(r) for r in pb.records],
+            total_requests=pb.total_requests,
+            prompt_tokens=pb.total_usage.prompt_tokens,
+            completion_tokens=pb.total_usage.completion_tokens,
+        )
+
+    def to_pb(self) -> registry_pb2.QueryUsageResponse:
+        return registry_pb2.QueryUsageResponse(
+            records=[r.to_pb() for r in self.records],
+            total_requests=self.total_requests,
+            total_usage=common_pb2.Usage(
+                prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens
+            ),
+        )
