@@ -177,7 +177,14 @@ async def query_usage(
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
 ) -> dict:
     summary = await _state(request).registry.query_usage(
-        UsageQuery(serving_id, api_key_id, user_id, since * 1000, until * 1000, limit)
+        UsageQuery(
+            serving_id=serving_id,
+            api_key_id=api_key_id,
+            user_id=user_id,
+            since_unix_ms=since * 1000,
+            until_unix_ms=until * 1000,
+            limit=limit,
+        )
     )
     return {
         "object": "list",

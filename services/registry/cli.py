@@ -135,7 +135,14 @@ def run(args: argparse.Namespace, store: RegistryStore, importer: ModelImporter)
         print(f"revoked {args.key_id}")
     elif args.command == "usage":
         summary = store.query_usage(
-            UsageQuery(args.serving, args.key, args.user, args.since, args.until, args.limit)
+            UsageQuery(
+                serving_id=args.serving,
+                api_key_id=args.key,
+                user_id=args.user,
+                since_unix_ms=args.since,
+                until_unix_ms=args.until,
+                limit=args.limit,
+            )
         )
         for r in summary.records:
             print(

@@ -23,6 +23,7 @@ from services.common.domain import SamplingParams, now_ms
 from services.common.errors import AlreadyExists, FailedPrecondition, NotFound, Unauthenticated
 from services.common.records import (
     ApiKeyRecord,
+    EndpointUsage,
     Limits,
     ModelKind,
     ModelRecord,
@@ -269,6 +270,7 @@ class RegistryStore:
             ("serving_id", query.serving_id),
             ("api_key_id", query.api_key_id),
             ("user_id", query.user_id),
+            ("endpoint", query.endpoint),
         ):
             if value:
                 clauses.append(f"{column} = ?")
@@ -280,20 +282,25 @@ class RegistryStore:
             clauses.append("created_at_unix_ms < ?")
             args.append(query.until_unix_ms)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        totals = self._read(
-            "SELECT COUNT(*), COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0)"
-            f" FROM usage {where}",
-            tuple(args),
-        )[0]
+        by_endpoint = [
+            EndpointUsage(*row)
+            for row in self._read(
+                "SELECT endpoint, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens)"
+                f" FROM usage {where} GROUP BY endpoint ORDER BY endpoint",
+                tuple(args),
+            )
+        ]
         rows = self._read(
             f"SELECT * FROM usage {where} ORDER BY created_at_unix_ms DESC LIMIT ?",
             (*args, query.limit or 100),
         )
+        # The routes partition the matches, so their totals add up to the overall ones.
         return UsageSummary(
             records=[_usage_from_row(row) for row in rows],
-            total_requests=totals[0],
-            prompt_tokens=totals[1],
-            completion_tokens=totals[2],
+            total_requests=sum(e.requests for e in by_endpoint),
+            prompt_tokens=sum(e.prompt_tokens for e in by_endpoint),
+            completion_tokens=sum(e.completion_tokens for e in by_endpoint),
+            by_endpoint=by_endpoint,
         )
 
 
