@@ -293,6 +293,18 @@ def test_cli_manages_servings_keys_and_usage(tmp_path, chat_model):
     assert "active" in cli("keys", "list", "1")
     assert f"revoked {key_id}" in cli("keys", "revoke", key_id)
     assert "revoked" in cli("keys", "list", "1")
-    RegistryStore(db).record_usage([_usage("r1", api_key_id=key_id)])
+    RegistryStore(db).record_usage(
+        [
+            _usage("r1", api_key_id=key_id),
+            _usage("r2", endpoint="/v1/embeddings", completion_tokens=0),
+        ]
+    )
     report = cli("usage", "--serving", "1", "--since", "1970-01-01")
-    assert "user=alice" in report and "total: 1 requests, 10 prompt + 5 completion" in report
+    assert "user=alice" in report and "total: 2 requests, 20 prompt + 5 completion" in report
+    rows = [line.split() for line in report.splitlines()]
+    assert ["route", "requests", "prompt", "completion"] in rows
+    assert ["/v1/chat/completions", "1", "10", "5"] in rows
+    assert ["/v1/embeddings", "1", "10", "0"] in rows
+    embeddings = cli("usage", "--route", "/v1/embeddings")
+    assert "total: 1 requests, 10 prompt + 0 completion" in embeddings
+    assert "/v1/chat/completions" not in embeddings
