@@ -53,6 +53,14 @@ def test_seed_client_code_on_a_serving_route_leaves_usage_records(stack, admin):
     assert all(r["status"] == "ok" and r["model"] == DEFAULT_CHAT_MODEL for r in records)
     assert all(r["prompt_tokens"] > 0 and r["completion_tokens"] > 0 for r in records)
     assert usage["total_completion_tokens"] == sum(r["completion_tokens"] for r in records)
+    assert usage["by_route"] == [
+        {
+            "route": "/v1/chat/completions",
+            "requests": 2,
+            "prompt_tokens": usage["total_prompt_tokens"],
+            "completion_tokens": usage["total_completion_tokens"],
+        }
+    ]
     assert any(r["ttft_ms"] > 0 for r in records)
     assert not any(r["blocked"] for r in records)
     # Keys never show up in the logs.

@@ -13,6 +13,7 @@ import pytest
 from services.common.domain import ChatMessage, SamplingParams
 from services.common.errors import AlreadyExists, FailedPrecondition, NotFound, Unauthenticated
 from services.common.records import (
+    EndpointUsage,
     ModelKind,
     ServingRecord,
     SourceFormat,
@@ -228,6 +229,43 @@ def test_usage_query_filters_and_totals_and_replays_are_ignored(tmp_path):
     assert RegistryStore(tmp_path / "registry.db").query_usage(UsageQuery()).total_requests == 3
 
 
+def test_usage_totals_per_endpoint_cover_every_match_and_endpoint_filters(tmp_path):
+    store = RegistryStore(tmp_path / "registry.db")
+    store.record_usage(
+        [
+            _usage("r1"),
+            _usage("r2", created_at_unix_ms=2_000, completion_tokens=7),
+            _usage("r3", created_at_unix_ms=3_000, endpoint="/v1/embeddings", completion_tokens=0),
+            _usage("r4", created_at_unix_ms=4_000, endpoint="/v1/retrieve", prompt_tokens=3),
+            _usage("r5", created_at_unix_ms=5_000, endpoint="/v1/create/rag", serving_id=2),
+        ]
+    )
+    newest = store.query_usage(UsageQuery(limit=1))
+    assert [r.request_id for r in newest.records] == ["r5"]
+    assert newest.by_endpoint == [
+        EndpointUsage("/v1/chat/completions", 2, 20, 12),
+        EndpointUsage("/v1/create/rag", 1, 10, 5),
+        EndpointUsage("/v1/embeddings", 1, 10, 0),
+        EndpointUsage("/v1/retrieve", 1, 3, 5),
+    ]
+    assert (newest.total_requests, newest.prompt_tokens, newest.completion_tokens) == (5, 43, 22)
+
+    embeddings = store.query_usage(UsageQuery(endpoint="/v1/embeddings"))
+    assert [r.request_id for r in embeddings.records] == ["r3"]
+    assert embeddings.by_endpoint == [EndpointUsage("/v1/embeddings", 1, 10, 0)]
+    assert (embeddings.total_requests, embeddings.prompt_tokens) == (1, 10)
+    # The other filters narrow the totals per endpoint too.
+    serving_1_late = store.query_usage(UsageQuery(serving_id=1, since_unix_ms=2_000))
+    assert [e.endpoint for e in serving_1_late.by_endpoint] == [
+        "/v1/chat/completions",
+        "/v1/embeddings",
+        "/v1/retrieve",
+    ]
+    assert serving_1_late.by_endpoint[0] == EndpointUsage("/v1/chat/completions", 1, 10, 7)
+    nothing = store.query_usage(UsageQuery(endpoint="/v1/missing"))
+    assert (nothing.records, nothing.by_endpoint, nothing.total_requests) == ([], [], 0)
+
+
 def test_cli_manages_servings_keys_and_usage(tmp_path, chat_model):
     db = tmp_path / "cli.db"
     store = RegistryStore(db)
@@ -255,6 +293,18 @@ def test_cli_manages_servings_keys_and_usage(tmp_path, chat_model):
     assert "active" in cli("keys", "list", "1")
     assert f"revoked {key_id}" in cli("keys", "revoke", key_id)
     assert "revoked" in cli("keys", "list", "1")
-    RegistryStore(db).record_usage([_usage("r1", api_key_id=key_id)])
+    RegistryStore(db).record_usage(
+        [
+            _usage("r1", api_key_id=key_id),
+            _usage("r2", endpoint="/v1/embeddings", completion_tokens=0),
+        ]
+    )
     report = cli("usage", "--serving", "1", "--since", "1970-01-01")
-    assert "user=alice" in report and "total: 1 requests, 10 prompt + 5 completion" in report
+    assert "user=alice" in report and "total: 2 requests, 20 prompt + 5 completion" in report
+    rows = [line.split() for line in report.splitlines()]
+    assert ["route", "requests", "prompt", "completion"] in rows
+    assert ["/v1/chat/completions", "1", "10", "5"] in rows
+    assert ["/v1/embeddings", "1", "10", "0"] in rows
+    embeddings = cli("usage", "--route", "/v1/embeddings")
+    assert "total: 1 requests, 10 prompt + 0 completion" in embeddings
+    assert "/v1/chat/completions" not in embeddings

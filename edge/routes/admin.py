@@ -192,12 +192,21 @@ async def query_usage(
     serving_id: Annotated[int, Query(ge=0)] = 0,
     api_key_id: str = "",
     user_id: str = "",
+    route: Annotated[str, Query(description="HTTP route, e.g. /v1/embeddings")] = "",
     since: Annotated[int, Query(ge=0, description="Unix seconds, inclusive")] = 0,
     until: Annotated[int, Query(ge=0, description="Unix seconds, exclusive")] = 0,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
 ) -> dict:
     summary = await _state(request).registry.query_usage(
-        UsageQuery(serving_id, api_key_id, user_id, since * 1000, until * 1000, limit)
+        UsageQuery(
+            serving_id=serving_id,
+            api_key_id=api_key_id,
+            user_id=user_id,
+            endpoint=route,
+            since_unix_ms=since * 1000,
+            until_unix_ms=until * 1000,
+            limit=limit,
+        )
     )
     return {
         "object": "list",
@@ -205,4 +214,14 @@ async def query_usage(
         "total_requests": summary.total_requests,
         "total_prompt_tokens": summary.prompt_tokens,
         "total_completion_tokens": summary.completion_tokens,
+        # Over every match, like the totals above.
+        "by_route": [
+            {
+                "route": e.endpoint,
+                "requests": e.requests,
+                "prompt_tokens": e.prompt_tokens,
+                "completion_tokens": e.completion_tokens,
+            }
+            for e in summary.by_endpoint
+        ],
     }

@@ -254,17 +254,68 @@ class UsageRecord:
 
 @dataclass(frozen=True)
 class UsageQuery:
+    """Filters of the usage log, each 0 or empty for any; `limit` caps the records returned."""
+
     serving_id: int = 0
     api_key_id: str = ""
     user_id: str = ""
+    endpoint: str = ""
     since_unix_ms: int = 0
     until_unix_ms: int = 0
     limit: int = 100
 
+    @classmethod
+    def from_pb(cls, pb: registry_pb2.QueryUsageRequest) -> UsageQuery:
+        return cls(**{f.name: getattr(pb, f.name) for f in dataclasses.fields(cls)})
+
+    def to_pb(self) -> registry_pb2.QueryUsageRequest:
+        return registry_pb2.QueryUsageRequest(**dataclasses.asdict(self))
+
+
+@dataclass(frozen=True)
+class EndpointUsage:
+    """Totals of the records a usage query matched on one HTTP route."""
+
+    endpoint: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+
+    @classmethod
+    def from_pb(cls, pb: registry_pb2.EndpointUsage) -> EndpointUsage:
+        return cls(**{f.name: getattr(pb, f.name) for f in dataclasses.fields(cls)})
+
+    def to_pb(self) -> registry_pb2.EndpointUsage:
+        return registry_pb2.EndpointUsage(**dataclasses.asdict(self))
+
 
 @dataclass(frozen=True)
 class UsageSummary:
+    """The newest matching records (up to the limit) and totals over every match."""
+
     records: list[UsageRecord]
     total_requests: int
     prompt_tokens: int
     completion_tokens: int
+    # Ordered by endpoint; they add up to the totals above.
+    by_endpoint: list[EndpointUsage]
+
+    @classmethod
+    def from_pb(cls, pb: registry_pb2.QueryUsageResponse) -> UsageSummary:
+        return cls(
+            records=[UsageRecord.from_pb(r) for r in pb.records],
+            total_requests=pb.total_requests,
+            prompt_tokens=pb.total_usage.prompt_tokens,
+            completion_tokens=pb.total_usage.completion_tokens,
+            by_endpoint=[EndpointUsage.from_pb(e) for e in pb.by_endpoint],
+        )
+
+    def to_pb(self) -> registry_pb2.QueryUsageResponse:
+        return registry_pb2.QueryUsageResponse(
+            records=[r.to_pb() for r in self.records],
+            total_requests=self.total_requests,
+            total_usage=common_pb2.Usage(
+                prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens
+            ),
+            by_endpoint=[e.to_pb() for e in self.by_endpoint],
+        )

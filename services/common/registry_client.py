@@ -99,18 +99,5 @@ class RegistryClient:
         await self._call("RecordUsage", request)
 
     async def query_usage(self, query: UsageQuery) -> UsageSummary:
-        request = registry_pb2.QueryUsageRequest(
-            serving_id=query.serving_id,
-            api_key_id=query.api_key_id,
-            user_id=query.user_id,
-            since_unix_ms=query.since_unix_ms,
-            until_unix_ms=query.until_unix_ms,
-            limit=query.limit,
-        )
-        response = await self._call("QueryUsage", request)
-        return UsageSummary(
-            records=[UsageRecord.from_pb(r) for r in response.records],
-            total_requests=response.total_requests,
-            prompt_tokens=response.total_usage.prompt_tokens,
-            completion_tokens=response.total_usage.completion_tokens,
-        )
+        response = await self._call("QueryUsage", query.to_pb())
+        return UsageSummary.from_pb(response)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from services.common.records import ModelKind, ServingRecord, UsageQuery
+from services.common.records import EndpointUsage, ModelKind, ServingRecord, UsageQuery
 from services.registry.exporter import Progress
 from services.registry.importer import ModelImporter
 from services.registry.store import RegistryStore
@@ -81,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     usage.add_argument("--serving", type=int, default=0)
     usage.add_argument("--key", default="")
     usage.add_argument("--user", default="")
+    usage.add_argument("--route", default="", help="HTTP route, e.g. /v1/embeddings")
     usage.add_argument("--since", type=_unix_ms, default=0, help="ISO 8601, inclusive")
     usage.add_argument("--until", type=_unix_ms, default=0, help="ISO 8601, exclusive")
     usage.add_argument("--limit", type=int, default=20)
@@ -135,16 +136,39 @@ def run(args: argparse.Namespace, store: RegistryStore, importer: ModelImporter)
         print(f"revoked {args.key_id}")
     elif args.command == "usage":
         summary = store.query_usage(
-            UsageQuery(args.serving, args.key, args.user, args.since, args.until, args.limit)
+            UsageQuery(
+                serving_id=args.serving,
+                api_key_id=args.key,
+                user_id=args.user,
+                endpoint=args.route,
+                since_unix_ms=args.since,
+                until_unix_ms=args.until,
+                limit=args.limit,
+            )
         )
         for r in summary.records:
             print(
-                f"{_time(r.created_at_unix_ms)}  serving={r.serving_id}  key={r.api_key_id or '-'}"
-                f"  user={r.user_id or '-'}  tokens={r.prompt_tokens}+{r.completion_tokens}"
+                f"{_time(r.created_at_unix_ms)}  {r.endpoint}  serving={r.serving_id}"
+                f"  key={r.api_key_id or '-'}  user={r.user_id or '-'}"
+                f"  tokens={r.prompt_tokens}+{r.completion_tokens}"
                 f"  latency={r.latency_ms}ms  {r.status.name.lower()}"
                 + ("  blocked" if r.blocked else "")
             )
+        _print_route_totals(summary.by_endpoint)
         print(
             f"total: {summary.total_requests} requests, {summary.prompt_tokens} prompt + "
             f"{summary.completion_tokens} completion tokens"
+        )
+
+
+def _print_route_totals(by_endpoint: list[EndpointUsage]) -> None:
+    if not by_endpoint:
+        return
+    width = max(len("route"), *(len(e.endpoint) for e in by_endpoint))
+    print()
+    print(f"{'route':<{width}}  {'requests':>10}  {'prompt':>12}  {'completion':>12}")
+    for e in by_endpoint:
+        print(
+            f"{e.endpoint:<{width}}  {e.requests:>10}  {e.prompt_tokens:>12}"
+            f"  {e.completion_tokens:>12}"
         )

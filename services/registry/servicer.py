@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from llmserve.common.v1 import common_pb2
 from llmserve.registry.v1 import registry_pb2, registry_pb2_grpc
 from services.common.domain import SamplingParams
 from services.common.errors import InvalidArgument
@@ -157,21 +156,5 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
 
     @rpc_method
     async def QueryUsage(self, request, context):
-        summary = await asyncio.to_thread(
-            self._store.query_usage,
-            UsageQuery(
-                serving_id=request.serving_id,
-                api_key_id=request.api_key_id,
-                user_id=request.user_id,
-                since_unix_ms=request.since_unix_ms,
-                until_unix_ms=request.until_unix_ms,
-                limit=request.limit or 100,
-            ),
-        )
-        return registry_pb2.QueryUsageResponse(
-            records=[r.to_pb() for r in summary.records],
-            total_requests=summary.total_requests,
-            total_usage=common_pb2.Usage(
-                prompt_tokens=summary.prompt_tokens, completion_tokens=summary.completion_tokens
-            ),
-        )
+        summary = await asyncio.to_thread(self._store.query_usage, UsageQuery.from_pb(request))
+        return summary.to_pb()

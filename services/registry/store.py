@@ -1,5 +1,7 @@
 """SQLite persistence of the registry. Every write commits (WAL, synchronous=FULL) before returning.
 
+Opening a database upgrades its schema in place (services/registry/migrations).
+
 Blocking: callers on an event loop run these methods in a worker thread.
 """
 
@@ -15,10 +17,13 @@ import threading
 from dataclasses import replace
 from pathlib import Path
 
+import sqlalchemy as sa
+
 from services.common.domain import SamplingParams, now_ms
 from services.common.errors import AlreadyExists, FailedPrecondition, NotFound, Unauthenticated
 from services.common.records import (
     ApiKeyRecord,
+    EndpointUsage,
     Limits,
     ModelKind,
     ModelRecord,
@@ -30,58 +35,7 @@ from services.common.records import (
     UsageStatus,
     UsageSummary,
 )
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS models (
-    name TEXT PRIMARY KEY,
-    kind INTEGER NOT NULL,
-    source TEXT NOT NULL,
-    source_format INTEGER NOT NULL,
-    source_sha256 TEXT NOT NULL,
-    artifact_dir TEXT NOT NULL,
-    chat_template TEXT NOT NULL,
-    context_length INTEGER NOT NULL,
-    default_sampling TEXT NOT NULL,
-    created_at_unix_ms INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS servings (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    name TEXT NOT NULL,
-    model TEXT NOT NULL REFERENCES models(name),
-    system_prompt TEXT NOT NULL,
-    default_sampling TEXT NOT NULL,
-    rag_collection TEXT NOT NULL,
-    created_at_unix_ms INTEGER NOT NULL,
-    moderation TEXT NOT NULL,
-    limits TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS api_keys (
-    id TEXT PRIMARY KEY,
-    serving_id INTEGER NOT NULL REFERENCES servings(id) ON DELETE CASCADE,
-    name TEXT NOT NULL,
-    secret_sha256 TEXT NOT NULL UNIQUE,
-    created_at_unix_ms INTEGER NOT NULL,
-    expires_at_unix_ms INTEGER NOT NULL,
-    revoked_at_unix_ms INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS usage (
-    request_id TEXT PRIMARY KEY,
-    created_at_unix_ms INTEGER NOT NULL,
-    serving_id INTEGER NOT NULL,
-    model TEXT NOT NULL,
-    api_key_id TEXT NOT NULL,
-    user_id TEXT NOT NULL,
-    prompt_tokens INTEGER NOT NULL,
-    completion_tokens INTEGER NOT NULL,
-    latency_ms INTEGER NOT NULL,
-    ttft_ms INTEGER NOT NULL,
-    status INTEGER NOT NULL,
-    blocked INTEGER NOT NULL,
-    endpoint TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS usage_by_time ON usage (created_at_unix_ms);
-CREATE INDEX IF NOT EXISTS usage_by_serving ON usage (serving_id, created_at_unix_ms);
-"""
+from services.registry.migrations import upgrade_schema
 
 # Secrets look like OpenAI keys; the prefix lets scanners recognise leaked ones.
 SECRET_PREFIX = "sk-llms-"
@@ -110,6 +64,8 @@ class RegistryStore:
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        # Before the store's own connection exists: a failed upgrade leaves nothing open.
+        upgrade_schema(sa.URL.create("sqlite", database=str(path)))
         # One connection guarded by a lock: writes are tiny and rare next to inference.
         self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._conn.row_factory = sqlite3.Row
@@ -117,7 +73,6 @@ class RegistryStore:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.execute("PRAGMA foreign_keys=ON")
-        self._conn.executescript(_SCHEMA)
 
     def close(self) -> None:
         with self._lock:
@@ -315,6 +270,7 @@ class RegistryStore:
             ("serving_id", query.serving_id),
             ("api_key_id", query.api_key_id),
             ("user_id", query.user_id),
+            ("endpoint", query.endpoint),
         ):
             if value:
                 clauses.append(f"{column} = ?")
@@ -326,20 +282,25 @@ class RegistryStore:
             clauses.append("created_at_unix_ms < ?")
             args.append(query.until_unix_ms)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        totals = self._read(
-            "SELECT COUNT(*), COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0)"
-            f" FROM usage {where}",
-            tuple(args),
-        )[0]
+        by_endpoint = [
+            EndpointUsage(*row)
+            for row in self._read(
+                "SELECT endpoint, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens)"
+                f" FROM usage {where} GROUP BY endpoint ORDER BY endpoint",
+                tuple(args),
+            )
+        ]
         rows = self._read(
             f"SELECT * FROM usage {where} ORDER BY created_at_unix_ms DESC LIMIT ?",
             (*args, query.limit or 100),
         )
+        # The routes partition the matches, so their totals add up to the overall ones.
         return UsageSummary(
             records=[_usage_from_row(row) for row in rows],
-            total_requests=totals[0],
-            prompt_tokens=totals[1],
-            completion_tokens=totals[2],
+            total_requests=sum(e.requests for e in by_endpoint),
+            prompt_tokens=sum(e.prompt_tokens for e in by_endpoint),
+            completion_tokens=sum(e.completion_tokens for e in by_endpoint),
+            by_endpoint=by_endpoint,
         )
 
 
