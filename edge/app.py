@@ -6,7 +6,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, Depends, FastAPI
 
-from edge.auth import authenticate
+from edge.auth import authenticate, authenticate_serving
 from edge.body_limit import BodyLimitMiddleware
 from edge.errors import install_error_handlers
 from edge.metrics import MetricsMiddleware, metrics_router
@@ -35,12 +35,13 @@ def build_app(settings: EdgeSettings) -> FastAPI:
     )
     app.add_middleware(MetricsMiddleware)
 
-    api = APIRouter(dependencies=[Depends(authenticate)])
+    api = APIRouter()
     for routes in (chat, models, embeddings, retrieval, documents, info):
         api.include_router(routes.router)
-    app.include_router(api)
+    # Every API route authenticates first, as a router dependency, so none can forget it.
+    app.include_router(api, dependencies=[Depends(authenticate)])
     # The enterprise gateway's per-serving routes: the serving decides the chat model.
-    app.include_router(api, prefix=SERVING_PREFIX)
+    app.include_router(api, prefix=SERVING_PREFIX, dependencies=[Depends(authenticate_serving)])
     app.include_router(admin.router)
     app.include_router(metrics_router(public=settings.metrics_public))
 

@@ -7,9 +7,11 @@ import hashlib
 import hmac
 import time
 from dataclasses import dataclass
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Path, Request
 
+from edge.protocol import MAX_INT64
 from services.common.errors import PermissionDenied, Unauthenticated, Unavailable
 from services.common.records import ApiKeyRecord, ModelKind, ModelRecord, ServingRecord
 from services.common.registry_client import RegistryClient
@@ -143,6 +145,14 @@ async def authenticate(request: Request) -> None:
     elif key is not None:
         serving_id = key.serving_id
     request.state.caller = Caller(key, admin, serving_id)
+
+
+async def authenticate_serving(
+    request: Request,
+    serving_id: Annotated[int, Path(ge=0, le=MAX_INT64, description="The serving to act for.")],
+) -> None:
+    """`authenticate` for the routes under a serving's prefix (declares its path parameter)."""
+    await authenticate(request)
 
 
 async def resolve_access(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -67,9 +68,24 @@ def sse_error(error: Exception) -> str:
     return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
 
+# Names pydantic adds to a location for the member of a union it tried (`str`,
+# `list[ContentPart]`, `function-after[...]`, a model's class name); never a field of ours.
+_UNION_MEMBER = re.compile(r"^(str|int|float|bool|list|dict|none)$|[\[\](),']|^[A-Z]")
+
+
 def _param_of(location: tuple) -> str | None:
-    parts = [str(p) for p in location if p != "body"]
+    parts = [
+        str(p)
+        for p in location
+        if p != "body" and not (isinstance(p, str) and _UNION_MEMBER.search(p))
+    ]
     return ".".join(parts) or None
+
+
+def _most_specific(found: list[dict]) -> dict:
+    """The error to report. For a union every member fails; the deepest location is the one
+    that got furthest (a text part without `text` beats "content is not a string")."""
+    return max(found, key=lambda e: len(e.get("loc", ())))
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -82,7 +98,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError):
-        first = error.errors()[0]
+        first = _most_specific(list(error.errors()))
         param = _param_of(tuple(first.get("loc", ())))
         if first.get("type") == "json_invalid":
             message = f"We could not parse the JSON body of your request: {first.get('msg')}"

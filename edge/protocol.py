@@ -27,8 +27,11 @@ logger = logging.getLogger(__name__)
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 MAX_STOP_SEQUENCES = 4
-# Token ids and token counts travel as 32-bit integers.
+# Token ids and token counts travel as 32-bit integers; ids of stored rows are 64-bit.
 MAX_INT32 = 2**31 - 1
+MAX_INT64 = 2**63 - 1
+# Unix seconds up to the year 5138: any time a client means, and still an int64 in ms.
+MAX_UNIX_S = 10**11
 TokenId = Annotated[int, Field(ge=0, le=MAX_INT32)]
 TokenCount = Annotated[int, Field(ge=1, le=MAX_INT32)]
 # OpenAI documents seed as a 64-bit integer; the sampler takes it modulo 2**64.

@@ -8,11 +8,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from edge.auth import check_admin
-from edge.protocol import MAX_INT32, TokenCount, ValidUnicode
+from edge.protocol import MAX_INT32, MAX_INT64, MAX_UNIX_S, TokenCount, ValidUnicode
 from edge.state import EdgeState
 from services.common.domain import SamplingParams
 from services.common.records import (
@@ -64,6 +64,7 @@ class ModerationIn(AdminModel):
 
 
 Count = Annotated[int, Field(ge=0, le=MAX_INT32)]
+ServingId = Annotated[int, Path(ge=0, le=MAX_INT64)]
 
 
 class LimitsIn(AdminModel):
@@ -100,7 +101,7 @@ class ServingIn(ValidUnicode, AdminModel):
 class KeyIn(ValidUnicode, AdminModel):
     name: str = ""
     # Expiry as Unix seconds; omitted never expires.
-    expires_at: Annotated[int, Field(ge=0, le=2**53 // 1000)] = 0
+    expires_at: Annotated[int, Field(ge=0, le=MAX_UNIX_S)] = 0
 
 
 def serving_json(serving: ServingRecord) -> dict:
@@ -146,26 +147,26 @@ async def list_servings(request: Request) -> dict:
 
 
 @router.get("/servings/{serving_id:int}")
-async def get_serving(serving_id: int, request: Request) -> dict:
+async def get_serving(serving_id: ServingId, request: Request) -> dict:
     return serving_json(await _state(request).registry.get_serving(serving_id))
 
 
 @router.put("/servings/{serving_id:int}")
-async def update_serving(serving_id: int, body: ServingIn, request: Request) -> dict:
+async def update_serving(serving_id: ServingId, body: ServingIn, request: Request) -> dict:
     serving = await _state(request).registry.update_serving(body.to_domain(serving_id))
     _state(request).catalog.invalidate()
     return serving_json(serving)
 
 
 @router.delete("/servings/{serving_id:int}")
-async def delete_serving(serving_id: int, request: Request) -> dict:
+async def delete_serving(serving_id: ServingId, request: Request) -> dict:
     await _state(request).registry.delete_serving(serving_id)
     _state(request).catalog.invalidate()
     return {"id": serving_id, "deleted": True}
 
 
 @router.post("/servings/{serving_id:int}/keys", status_code=201)
-async def create_key(serving_id: int, body: KeyIn, request: Request) -> dict:
+async def create_key(serving_id: ServingId, body: KeyIn, request: Request) -> dict:
     key, secret = await _state(request).registry.create_key(
         serving_id, body.name, body.expires_at * 1000
     )
@@ -174,7 +175,7 @@ async def create_key(serving_id: int, body: KeyIn, request: Request) -> dict:
 
 
 @router.get("/servings/{serving_id:int}/keys")
-async def list_keys(serving_id: int, request: Request) -> dict:
+async def list_keys(serving_id: ServingId, request: Request) -> dict:
     await _state(request).registry.get_serving(serving_id)
     keys = await _state(request).registry.list_keys(serving_id)
     return {"object": "list", "data": [key_json(k) for k in keys]}
@@ -189,12 +190,12 @@ async def revoke_key(key_id: str, request: Request) -> dict:
 @router.get("/usage")
 async def query_usage(
     request: Request,
-    serving_id: Annotated[int, Query(ge=0)] = 0,
+    serving_id: Annotated[int, Query(ge=0, le=MAX_INT64)] = 0,
     api_key_id: str = "",
     user_id: str = "",
     route: Annotated[str, Query(description="HTTP route, e.g. /v1/embeddings")] = "",
-    since: Annotated[int, Query(ge=0, description="Unix seconds, inclusive")] = 0,
-    until: Annotated[int, Query(ge=0, description="Unix seconds, exclusive")] = 0,
+    since: Annotated[int, Query(ge=0, le=MAX_UNIX_S, description="Unix seconds, inclusive")] = 0,
+    until: Annotated[int, Query(ge=0, le=MAX_UNIX_S, description="Unix seconds, exclusive")] = 0,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
 ) -> dict:
     summary = await _state(request).registry.query_usage(
