@@ -45,14 +45,6 @@ class Access:
     caller: Caller
     user_id: str
 
-    @property
-    def serving_id(self) -> int:
-        return self.serving.id if self.serving else 0
-
-    @property
-    def key(self) -> ApiKeyRecord | None:
-        return self.caller.key
-
 
 def bearer_token(request: Request) -> str:
     header = request.headers.get("authorization")
