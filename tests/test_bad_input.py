@@ -65,9 +65,8 @@ def test_what_cannot_be_honoured_says_so(stack):
 
 def test_a_lone_surrogate_is_400(stack):
     # Written by hand: json.dumps would escape the surrogate into valid JSON text anyway.
-    raw = '{"model": "%s", "messages": [{"role": "user", "content": "a\\ud800b"}]}' % (
-        DEFAULT_CHAT_MODEL
-    )
+    raw = '{"model": "MODEL", "messages": [{"role": "user", "content": "a\\ud800b"}]}'
+    raw = raw.replace("MODEL", DEFAULT_CHAT_MODEL)
     response = stack.http.post(
         f"{stack.base_url}/v1/chat/completions",
         data=raw.encode(),

@@ -127,6 +127,8 @@ def test_envoy_routes_each_proto_package_to_its_cluster_with_health_checks():
         assert check["no_traffic_interval"] == "2s", name
         # Panic mode would send traffic to dead hosts once half of them are down.
         assert cluster["common_lb_config"]["healthy_panic_threshold"]["value"] == 0, name
+        # Health changes reach the workers at once, not up to 1 s later (the default).
+        assert cluster["common_lb_config"]["update_merge_window"] == "0s", name
     for route in routes(listeners[envoy.HTTP_LISTENER]) + grpc_routes:
         # The 15 s default route timeout would cut long streams.
         assert route["route"]["timeout"] == "0s", route["match"]

@@ -66,6 +66,15 @@ async def test_stop_string_ends_generation_and_is_not_returned(loaded_chat_model
     assert len(tokens) < len(full_tokens)
 
 
+async def test_text_held_for_a_stop_string_is_sent_when_the_reply_ends_at_eos(loaded_chat_model):
+    ids = loaded_chat_model.render_prompt(CAPITAL)[1]
+    full, _, events = await run(loaded_chat_model, ids, temperature=0.0)
+    assert events[-1].finish_reason is FinishReason.STOP
+    # The reply's last character could begin this stop string, so it is held until EOS.
+    text, _, _ = await run(loaded_chat_model, ids, temperature=0.0, stop=(full[-1] + "\x00",))
+    assert text == full
+
+
 async def test_max_tokens_finishes_with_length(loaded_chat_model):
     ids = prompt(loaded_chat_model, "Write a long story about the sea.")
     _, tokens, events = await run(loaded_chat_model, ids, temperature=0.0, max_tokens=5)

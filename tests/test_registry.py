@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import grpc
 import pytest
 
+from llmserve.registry.v1 import registry_pb2, registry_pb2_grpc
 from services.common.domain import ChatMessage, SamplingParams
 from services.common.errors import AlreadyExists, FailedPrecondition, NotFound, Unauthenticated
 from services.common.records import (
@@ -21,7 +25,9 @@ from services.common.records import (
     UsageRecord,
     UsageStatus,
 )
+from services.common.rpc import service_name, start_server
 from services.registry.importer import ModelImporter
+from services.registry.servicer import RegistryServicer
 from services.registry.store import RegistryStore
 
 REPO = Path(__file__).resolve().parent.parent
@@ -138,6 +144,65 @@ def test_import_checkpoint_directory_exports_once_and_serves(tmp_path, tiny_chec
 
     events = asyncio.run(generate())
     assert events[-1].completion_tokens == 4
+
+
+def running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def test_cancelled_import_holds_the_lock_until_its_export_child_exits(
+    tmp_path, tiny_checkpoint, caplog
+):
+    """Exports run one at a time: a cancelled ImportModel call stops its export child, and the
+    next import starts only once that child has exited (and removed its temporary files)."""
+    store = RegistryStore(tmp_path / "registry.db")
+    # An empty cache, so the exports really run.
+    models_dir = tmp_path / "cache" / "models"
+    importer = ModelImporter(tmp_path / "cache")
+
+    def register(server):
+        registry_pb2_grpc.add_RegistryServiceServicer_to_server(
+            RegistryServicer(store, importer), server
+        )
+        return [service_name(registry_pb2, "RegistryService")]
+
+    def request(name: str) -> registry_pb2.ImportModelRequest:
+        return registry_pb2.ImportModelRequest(
+            name=name, kind=registry_pb2.MODEL_KIND_CHAT, source=str(tiny_checkpoint)
+        )
+
+    caplog.set_level(logging.INFO, logger="services.registry.importer")
+    server = await start_server("127.0.0.1:0", register)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            registry = registry_pb2_grpc.RegistryServiceStub(channel)
+            first = registry.ImportModel(request("tiny"))
+            async for response in first:
+                # Reported by the export child, so it runs.
+                if response.stage == "exporting to ONNX and validating":
+                    break
+            [export_pid] = map(int, re.findall(r"\(pid (\d+)\)", caplog.text))
+            assert running(export_pid)
+            first.cancel()
+
+            responses = []
+            async for response in registry.ImportModel(request("tiny-again")):
+                if not responses:
+                    # The second import's first event ("hashing source") comes once it holds
+                    # the lock.
+                    assert not running(export_pid), "the next import started beside the export"
+                responses.append(response)
+    finally:
+        await server.stop(0)
+        store.close()
+    assert responses[0].stage == "hashing source"
+    assert responses[-1].model.name == "tiny-again"
+    # The cancelled export left no temporary directory behind.
+    assert [p.name for p in models_dir.iterdir()] == [Path(responses[-1].model.artifact_dir).name]
 
 
 def test_cli_imports_lists_and_removes(tmp_path, tiny_checkpoint, cache_dir):

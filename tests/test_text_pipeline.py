@@ -1,10 +1,13 @@
-"""Stop strings, sampling parameters and settings merges: pure logic, no model needed."""
+"""Stop strings, sampling parameters and settings merges: pure logic, no model needed (the
+engine runs over a scripted stand-in model)."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from services.common.domain import DEFAULT_N_PREDICT, SamplingParams
+from services.generation.engine import FinishReason, GenerationEngine
 from services.generation.sampler import ResolvedSampling, Sampler
 from services.generation.stop import StopStringMatcher
 
@@ -50,6 +53,76 @@ def test_unicode_stop_string():
         "안녕하세요입니",
         True,
     )
+
+
+# A vocabulary of whole strings; token 0 is EOS.
+VOCAB = ["<eos>", "Hi", ".", "\n", "!"]
+EOS, HI, DOT, NEWLINE, BANG = range(len(VOCAB))
+PROMPT = [HI, DOT]
+
+
+class ScriptedTokenizer:
+    eos_token_ids = frozenset({EOS})
+    pad_token_id = EOS
+
+    def decode(self, token_ids: list[int]) -> str:
+        return "".join(VOCAB[t] for t in token_ids if t != EOS)
+
+
+class ScriptedModel:
+    """Stands in for OnnxCausalLM: the token after PROMPT + reply[:i] is reply[i]."""
+
+    def __init__(self, reply: list[int]):
+        self.reply = reply
+
+    def empty_cache(self, batch_size: int) -> list[np.ndarray]:
+        return [np.zeros((batch_size, 1, 0, 1), np.float32)]
+
+    def forward(self, input_ids, attention_mask, position_ids, cache):
+        batch, new = input_ids.shape
+        grown = [np.concatenate([a, np.zeros((batch, 1, new, 1), np.float32)], 2) for a in cache]
+        logits = np.zeros((batch, len(VOCAB)), np.float32)
+        for row, position in enumerate(position_ids[:, -1]):
+            logits[row, self.reply[position + 1 - len(PROMPT)]] = 1.0
+        return logits, grown
+
+
+async def scripted_reply(reply: list[int], **sampling) -> tuple[str, FinishReason]:
+    engine = GenerationEngine(ScriptedModel(reply), ScriptedTokenizer(), context_length=64)
+    try:
+        params = ResolvedSampling.resolve(
+            SamplingParams(temperature=0.0, **sampling), max_new_tokens=32
+        )
+        events = [event async for event in engine.generate(PROMPT, [params])]
+    finally:
+        engine.close()
+    return "".join(e.text for e in events), events[-1].finish_reason
+
+
+@pytest.mark.parametrize(
+    "reply,sampling,finish",
+    [
+        pytest.param([HI, DOT, NEWLINE, EOS], {}, FinishReason.STOP, id="eos"),
+        pytest.param(
+            [HI, DOT, NEWLINE, BANG],
+            {"stop_token_ids": (BANG,)},
+            FinishReason.STOP,
+            id="stop-token",
+        ),
+        pytest.param([HI, DOT, NEWLINE, HI], {"max_tokens": 3}, FinishReason.LENGTH, id="length"),
+    ],
+)
+async def test_text_held_for_a_stop_string_is_sent_when_the_reply_ends_otherwise(
+    reply, sampling, finish
+):
+    """The reply's last newline could begin the stop string (two newlines), so it is held
+    back; the reply then ends another way, and the held newline is part of it."""
+    assert await scripted_reply(reply, stop=("\n\n",), **sampling) == ("Hi.\n", finish)
+
+
+async def test_text_held_for_a_stop_string_that_then_matches_is_never_sent():
+    reply = [HI, DOT, NEWLINE, NEWLINE, HI, EOS]
+    assert await scripted_reply(reply, stop=("\n\n",)) == ("Hi.", FinishReason.STOP)
 
 
 def _resolve(**values) -> ResolvedSampling:

@@ -113,8 +113,11 @@ class _Sequence:
                 finish = FinishReason.LENGTH
             elif self.position + 1 >= context_length:
                 finish = FinishReason.LENGTH
-            if finish is FinishReason.LENGTH:
-                text += self.stop_matcher.flush()
+        if finish is not None:
+            # Text held back as the possible start of a stop string is part of the reply when
+            # the sequence ends any other way (EOS, a stop token, length); after a stop string
+            # matched, nothing is held.
+            text += self.stop_matcher.flush()
         self.finished = finish is not None
         self.deliver(
             GenerationEvent(

@@ -23,7 +23,7 @@ class StopStringMatcher:
         return text, False
 
     def flush(self) -> str:
-        """The held-back text, once generation ended for another reason."""
+        """The held-back text, once generation ended; empty after a stop string matched."""
         text, self._pending = self._pending, ""
         return text
 

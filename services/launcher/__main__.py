@@ -2,8 +2,9 @@
 
 Registry first (it imports the default models on first start), then generation and embedding
 together, then retrieval (it embeds through the embedding service), then the edge; each waits
-for the services it needs to be healthy. A service that dies is restarted. Ctrl-C or SIGTERM
-stops them in reverse order. Ports come from the services' own settings: REGISTRY_PORT,
+for the services it needs to be healthy. A service that dies is restarted. Ctrl-C, SIGTERM or
+SIGHUP (its terminal closing) stops them in reverse order, and so does any error that ends the
+launcher. Ports come from the services' own settings: REGISTRY_PORT,
 GENERATION_PORT, EMBEDDING_PORT, RETRIEVAL_PORT, EDGE_PORT.
 
 With GENERATION_REPLICAS or EDGE_REPLICAS above 1 (or ENVOY_ENABLED=true) it starts the
@@ -329,7 +330,8 @@ def main() -> None:
     base = f"http://{edge.host}:{edge.port}"
 
     stack = Stack()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    # The services run in sessions of their own, so these signals reach only the launcher.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda *_: stack.stopping.set())
     with tempfile.TemporaryDirectory(prefix="llmserve-launcher-") as config_dir:
         try:
@@ -381,9 +383,13 @@ def main() -> None:
             pass
         except RuntimeError as error:
             logger.error("%s", error)
-            stack.stop()
             sys.exit(1)
-        stack.stop()
+        except Exception:
+            logger.exception("launcher failed")
+            sys.exit(1)
+        finally:
+            # Whatever ends the launcher stops the services: nothing else would.
+            stack.stop()
 
 
 if __name__ == "__main__":

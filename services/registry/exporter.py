@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Callable
@@ -117,6 +118,9 @@ def export(
 
 def main(argv: list[str]) -> None:
     source, source_format, kind, out = argv
+    # A cancelled import terminates this process: exit through Python, so the temporary
+    # directory (gigabytes, for a large model) is removed rather than left in the cache.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
 
     def report(stage: str, fraction: float) -> None:
         print(PROGRESS_PREFIX + json.dumps({"stage": stage, "progress": fraction}), flush=True)

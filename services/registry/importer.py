@@ -1,6 +1,7 @@
 """Imports models: hash the source, export it once into a content-addressed cache, read metadata.
 
-Blocking (hashing, a child export process); call from a worker thread on an event loop.
+Blocking (hashing, a child export process); call from a worker thread on an event loop, and
+cancel from another thread through an ImportCancellation.
 """
 
 from __future__ import annotations
@@ -10,16 +11,19 @@ import json
 import logging
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from services.common.domain import SamplingParams
-from services.common.errors import Internal, InvalidArgument
+from services.common.errors import Cancelled, Internal, InvalidArgument
 from services.common.records import ModelKind, ModelRecord, SourceFormat
 from services.registry.exporter import EXPORT_RECIPE, PROGRESS_PREFIX, Progress
 
 logger = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
+# A cancelled export gets this long to remove its temporary files before it is killed.
+EXPORT_STOP_GRACE_S = 10.0
 # generation_config.json keys that map onto our sampling defaults.
 _GENERATION_KEYS = {
     "temperature": "temperature",
@@ -91,6 +95,44 @@ def read_metadata(artifact_dir: Path) -> tuple[str, int, SamplingParams]:
     return chat_template, context_length, sampling
 
 
+class ImportCancellation:
+    """Cancels one import from another thread: its export child, running or not yet started,
+    is stopped, and cancel() returns only once no child of this import runs."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cancelled = False
+        self._child: subprocess.Popen | None = None
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._cancelled = True
+            child = self._child
+        if child is None:
+            return
+        child.terminate()
+        try:
+            child.wait(EXPORT_STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            logger.warning("export pid %d ignored SIGTERM; killing it", child.pid)
+            child.kill()
+            child.wait()
+
+    def start_export(self, command: list[str]) -> subprocess.Popen:
+        """Starts the export child, unless the import was cancelled first."""
+        with self._lock:
+            if self._cancelled:
+                raise Cancelled("The import was cancelled.")
+            self._child = subprocess.Popen(
+                command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+            )
+            return self._child
+
+
 class ModelImporter:
     def __init__(self, cache_dir: Path):
         self.models_dir = cache_dir / "models"
@@ -108,6 +150,7 @@ class ModelImporter:
         source_format: SourceFormat | None = None,
         context_length: int = 0,
         default_sampling: SamplingParams | None = None,
+        cancellation: ImportCancellation | None = None,
     ) -> ModelRecord:
         source = source.expanduser().resolve()
         if not source.exists():
@@ -121,7 +164,14 @@ class ModelImporter:
         if (artifact_dir / "manifest.json").exists():
             logger.info("reusing cached export %s", artifact_dir)
         else:
-            self._export(source, source_format, kind, artifact_dir, progress)
+            self._export(
+                source,
+                source_format,
+                kind,
+                artifact_dir,
+                progress,
+                cancellation or ImportCancellation(),
+            )
         chat_template, native_context, sampling = read_metadata(artifact_dir)
         if kind is ModelKind.CHAT and not chat_template:
             raise InvalidArgument(f"`{source}` has no chat template.", param="source")
@@ -145,6 +195,7 @@ class ModelImporter:
         kind: ModelKind,
         artifact_dir: Path,
         progress: Progress,
+        cancellation: ImportCancellation,
     ) -> None:
         command = [
             sys.executable,
@@ -155,10 +206,8 @@ class ModelImporter:
             kind.name,
             str(artifact_dir),
         ]
-        logger.info("exporting %s to %s", source, artifact_dir)
-        child = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
-        )
+        child = cancellation.start_export(command)
+        logger.info("exporting %s to %s (pid %d)", source, artifact_dir, child.pid)
         tail: list[str] = []
         assert child.stdout is not None
         for line in child.stdout:
@@ -169,4 +218,6 @@ class ModelImporter:
                 tail = (tail + [line.rstrip()])[-20:]
                 logger.debug("exporter: %s", line.rstrip())
         if child.wait() != 0:
+            if cancellation.cancelled:
+                raise Cancelled("The import was cancelled.")
             raise Internal(f"ONNX export of `{source}` failed:\n" + "\n".join(tail))

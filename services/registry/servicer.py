@@ -18,7 +18,7 @@ from services.common.records import (
     UsageRecord,
 )
 from services.common.rpc import rpc_method
-from services.registry.importer import ModelImporter
+from services.registry.importer import ImportCancellation, ModelImporter
 from services.registry.store import RegistryStore
 
 
@@ -48,6 +48,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             raise InvalidArgument("`kind` is required.", param="kind")
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
+        cancellation = ImportCancellation()
 
         def progress(stage: str, fraction: float) -> None:
             loop.call_soon_threadsafe(events.put_nowait, (stage, fraction))
@@ -63,18 +64,24 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                 else None,
                 context_length=request.context_length,
                 default_sampling=SamplingParams.from_pb(request.default_sampling),
+                cancellation=cancellation,
             )
 
         async with self._import_lock:
             task = asyncio.ensure_future(asyncio.to_thread(run))
-            while not task.done():
-                getter = asyncio.ensure_future(events.get())
-                await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
-                if getter.done():
-                    stage, fraction = getter.result()
+            # The queue holds the progress events, then None once the import has ended.
+            task.add_done_callback(lambda _: events.put_nowait(None))
+            try:
+                while (event := await events.get()) is not None:
+                    stage, fraction = event
                     yield registry_pb2.ImportModelResponse(stage=stage, progress=fraction)
-                else:
-                    getter.cancel()
+            finally:
+                if not task.done():
+                    # The call ended first (the client went away): stop the export, and keep
+                    # the lock until its child has exited, so no other export runs beside it.
+                    await asyncio.to_thread(cancellation.cancel)
+                    # Its outcome (Cancelled, as a rule) has no one to go to.
+                    await asyncio.gather(task, return_exceptions=True)
             record = await asyncio.to_thread(self._store.add_model, task.result())
         yield registry_pb2.ImportModelResponse(stage="done", progress=1.0, model=record.to_pb())
 
