@@ -31,6 +31,14 @@ from services.registry.settings import RegistrySettings
 REPO = Path(__file__).resolve().parent.parent
 
 
+def pytest_terminal_summary(terminalreporter, config):
+    # pytest imports test files by their base name (tests/ is not a package).
+    fuzz = sys.modules.get("test_fuzz")
+    if fuzz and fuzz.FUZZ_CASES in config.stash:
+        cases = config.stash[fuzz.FUZZ_CASES]
+        terminalreporter.write_line(f"schemathesis: {cases} cases against the edge")
+
+
 @pytest.fixture(scope="session")
 def cache_dir() -> Path:
     # The same cache `make run` uses, so the export happens once per machine.
