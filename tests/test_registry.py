@@ -15,7 +15,13 @@ import pytest
 
 from llmserve.registry.v1 import registry_pb2, registry_pb2_grpc
 from services.common.domain import ChatMessage, SamplingParams
-from services.common.errors import AlreadyExists, FailedPrecondition, NotFound, Unauthenticated
+from services.common.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unauthenticated,
+)
 from services.common.records import (
     EndpointUsage,
     ModelKind,
@@ -373,3 +379,26 @@ def test_cli_manages_servings_keys_and_usage(tmp_path, chat_model):
     embeddings = cli("usage", "--route", "/v1/embeddings")
     assert "total: 1 requests, 10 prompt + 0 completion" in embeddings
     assert "/v1/chat/completions" not in embeddings
+
+
+def test_a_chat_source_without_a_template_fails_before_any_export(tmp_path):
+    """The check reads metadata only: a GGUF with no tensors at all is enough to refuse."""
+    from gguf import GGUFWriter
+
+    gguf_path = tmp_path / "base.gguf"
+    writer = GGUFWriter(gguf_path, "llama")
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    checkpoint = tmp_path / "base"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text("{}")
+    (checkpoint / "tokenizer_config.json").write_text('{"eos_token": "</s>"}')
+    importer = ModelImporter(tmp_path / "cache")
+    stages = []
+    for source in (gguf_path, checkpoint):
+        with pytest.raises(InvalidArgument, match="no chat template"):
+            importer.import_model("base", ModelKind.CHAT, source, lambda s, f: stages.append(s))
+    assert stages == []  # not even hashed, let alone exported
+    assert not (tmp_path / "cache").exists()

@@ -18,6 +18,7 @@ from services.common.domain import SamplingParams
 from services.common.errors import Cancelled, Internal, InvalidArgument
 from services.common.records import ModelKind, ModelRecord, SourceFormat
 from services.registry.exporter import EXPORT_RECIPE, PROGRESS_PREFIX, Progress
+from services.registry.preflight import check_chat_source
 
 logger = logging.getLogger(__name__)
 
@@ -158,6 +159,8 @@ class ModelImporter:
         source_format = source_format or infer_format(source)
         if kind is ModelKind.EMBEDDING and source_format is SourceFormat.GGUF:
             raise InvalidArgument("Embedding models import from checkpoint directories only.")
+        if kind is ModelKind.CHAT:
+            check_chat_source(source, source_format)
         progress("hashing source", 0.0)
         source_sha256 = hash_source(source)
         artifact_dir = self.artifact_dir_for(source_sha256, kind)
