@@ -31,6 +31,7 @@ async def serve(settings: GenerationSettings) -> None:
         settings.max_waiting,
         metrics_enabled=settings.metrics_port > 0,
         weights=settings.weights,
+        prefix_cache_bytes=settings.prefix_cache_mb * 2**20,
     )
     if settings.metrics_port:
         prometheus_client.start_http_server(settings.metrics_port, addr=settings.host)

@@ -1,8 +1,9 @@
 """Continuous-batching decode loop for one model.
 
 A single worker thread owns the batch: between decode steps it admits waiting requests
-(batched, left-padded prefill; prompts longer than one chunk are prefilled a chunk per step,
-so running sequences keep decoding) and drops finished or cancelled sequences, freeing their
+(batched, left-padded prefill; prompts longer than one chunk, and prompts whose start is in
+the prefix cache, are prefilled a chunk per step on top of their past, so running sequences
+keep decoding) and drops finished or cancelled sequences, freeing their
 KV cache rows. A request for n completions is prefilled once and its cache rows copied n
 times. The event loop only submits requests and reads their events, so no ONNX Runtime call
 ever runs on it.
@@ -24,6 +25,7 @@ import numpy as np
 from services.common.errors import Internal, ResourceExhausted, Unavailable
 from services.generation.metrics import EngineMetrics
 from services.generation.onnx_model import OnnxCausalLM
+from services.generation.prefix_cache import PrefixCache
 from services.generation.sampler import ResolvedSampling, Sampler, token_logprobs
 from services.generation.stop import StopStringMatcher
 from services.generation.tokenizer import IncrementalDetokenizer, TextTokenizer
@@ -206,8 +208,10 @@ class GenerationEngine:
         max_prefill_tokens: int = 2048,
         max_waiting: int = 256,
         metrics: EngineMetrics | None = None,
+        prefix_cache: PrefixCache | None = None,
     ):
         self.model = model
+        self.prefix_cache = prefix_cache
         self.tokenizer = tokenizer
         self.context_length = context_length
         self.max_batch_size = max_batch_size
@@ -327,9 +331,12 @@ class GenerationEngine:
             if taken + len(request.sequences) > self.max_batch_size and taken:
                 break
             size = len(request.prompt_ids)
-            if size > self.max_prefill_tokens:
-                if self._chunking is not None:
-                    break
+            if self._chunking is not None and (
+                size > self.max_prefill_tokens or self._in_prefix_cache(request)
+            ):
+                # It waits for the chunked path (one step for a cached prefix's rest).
+                break
+            if size > self.max_prefill_tokens or self._reused_prefix(request):
                 self._chunking = self._waiting.popleft()
             else:
                 padded = max(longest, size) * (len(joining) + 1)
@@ -340,6 +347,20 @@ class GenerationEngine:
             self.metrics.queue_time(time.monotonic() - request.enqueued_at)
             taken += len(request.sequences)
         return joining
+
+    def _in_prefix_cache(self, request: _Request) -> bool:
+        return self.prefix_cache is not None and self.prefix_cache.covers(request.prompt_ids)
+
+    def _reused_prefix(self, request: _Request) -> bool:
+        """Starts the request from the prefix cache's longest match, if any."""
+        if self.prefix_cache is None:
+            return False
+        hit = self.prefix_cache.lookup(request.prompt_ids)
+        self.metrics.prefix_lookup(hit.tokens if hit else 0)
+        if hit is None:
+            return False
+        request.cache, request.prefilled = hit.cache, hit.tokens
+        return True
 
     def _step(self, joining: list[_Request]) -> None:
         self._batch.drop_done()
@@ -406,9 +427,16 @@ class GenerationEngine:
         # Join the batch before the first token is reported, so observers see them running.
         self._batch.merge(sequences, cache, mask)
         now = time.monotonic()
-        for request in requests:
+        for row, request in enumerate(requests):
             self.metrics.prompt_tokens(len(request.prompt_ids))
             self.metrics.first_token(now - request.enqueued_at)
+            if self.prefix_cache is not None:
+                # The prompt's first token sits after the row's left padding, if any.
+                padding = mask.shape[1] - int(mask[rows.index(row)].sum())
+                prompt_cache = [a[rows.index(row) :] for a in cache]
+                self.prefix_cache.insert(request.prompt_ids, prompt_cache, padding)
+        if self.prefix_cache is not None:
+            self.metrics.prefix_cache_bytes(self.prefix_cache.nbytes)
         for row, sequence in zip(rows, sequences, strict=True):
             self._accept(sequence, logits[row], now)
 

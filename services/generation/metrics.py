@@ -35,6 +35,19 @@ RUNNING = Gauge("llmserve_generation_running_sequences", "Sequences decoding.", 
 WAITING = Gauge("llmserve_generation_waiting_sequences", "Sequences waiting.", ["model"])
 PROMPT_TOKENS = Counter("llmserve_generation_prompt_tokens", "Prompt tokens prefilled.", ["model"])
 GENERATED_TOKENS = Counter("llmserve_generation_generated_tokens", "Tokens generated.", ["model"])
+PREFIX_LOOKUPS = Counter(
+    "llmserve_generation_prefix_cache_lookups",
+    "Prompts looked up in the prefix cache, by result.",
+    ["model", "result"],
+)
+PREFIX_SAVED_TOKENS = Counter(
+    "llmserve_generation_prefix_cache_saved_tokens",
+    "Prompt tokens whose KV came from the prefix cache instead of a prefill.",
+    ["model"],
+)
+PREFIX_CACHE_BYTES = Gauge(
+    "llmserve_generation_prefix_cache_bytes", "KV bytes held by the prefix cache.", ["model"]
+)
 FINISHED = Counter(
     "llmserve_generation_finished_sequences", "Sequences finished, by reason.", ["model", "reason"]
 )
@@ -78,6 +91,15 @@ class EngineMetrics:
     def generated_token(self) -> None:
         if self._model:
             GENERATED_TOKENS.labels(self._model).inc()
+
+    def prefix_lookup(self, reused_tokens: int) -> None:
+        if self._model:
+            PREFIX_LOOKUPS.labels(self._model, "hit" if reused_tokens else "miss").inc()
+            PREFIX_SAVED_TOKENS.labels(self._model).inc(reused_tokens)
+
+    def prefix_cache_bytes(self, nbytes: int) -> None:
+        if self._model:
+            PREFIX_CACHE_BYTES.labels(self._model).set(nbytes)
 
     def finished(self, reason: str) -> None:
         if self._model:

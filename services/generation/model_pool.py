@@ -16,6 +16,7 @@ from services.generation.chat_template import ChatTemplate
 from services.generation.engine import GenerationEngine
 from services.generation.metrics import EngineMetrics
 from services.generation.onnx_model import OnnxCausalLM
+from services.generation.prefix_cache import PrefixCache
 from services.generation.tokenizer import TextTokenizer
 
 logger = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ class ModelPool:
         max_waiting: int = 256,
         metrics_enabled: bool = False,
         weights: str = "fp32",
+        prefix_cache_bytes: int = 0,
     ):
         self._lookup = lookup
         self._providers = providers
@@ -86,6 +88,7 @@ class ModelPool:
         self._max_waiting = max_waiting
         self._metrics_enabled = metrics_enabled
         self._weights = weights
+        self._prefix_cache_bytes = prefix_cache_bytes
         self._models = LazyModels(self._load)
 
     @property
@@ -115,6 +118,9 @@ class ModelPool:
             max_prefill_tokens=self._max_prefill_tokens,
             max_waiting=self._max_waiting,
             metrics=EngineMetrics(record.name if self._metrics_enabled else None),
+            prefix_cache=(
+                PrefixCache(self._prefix_cache_bytes) if self._prefix_cache_bytes else None
+            ),
         )
         logger.info("loaded %s (%s) on %s", record.name, model_path.name, model.provider)
         return LoadedModel(

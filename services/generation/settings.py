@@ -22,6 +22,9 @@ class GenerationSettings(ServiceSettings):
     max_batch_size: int = 16
     # Padded prompt tokens prefilled together in one step (bounds prefill memory).
     max_prefill_tokens: int = 2048
+    # KV of recent prompts kept for reuse by prompts that start the same way (a system prompt,
+    # earlier turns), per model, in MiB; 0 turns prefix caching off.
+    prefix_cache_mb: int = 512
     # Requests waiting for the batch; past this, Generate answers RESOURCE_EXHAUSTED (429).
     max_waiting: int = 256
     # Prometheus metrics on this HTTP port (/metrics); 0 turns them off.

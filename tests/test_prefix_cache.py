@@ -1,0 +1,118 @@
+"""Prefix caching: the cache's own bookkeeping (no model), then the engine on the real model,
+where a hit must give exactly the tokens a cold prefill gives."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from services.common.domain import ChatMessage, SamplingParams
+from services.generation.engine import GenerationEngine
+from services.generation.prefix_cache import PrefixCache, block_keys
+from services.generation.sampler import ResolvedSampling
+
+BLOCK = 4
+
+
+def kv(tokens: int, fill: float = 1.0) -> list[np.ndarray]:
+    """Two fake cache arrays [1, kv_heads=2, tokens, head_dim=3] whose values name positions."""
+    positions = np.arange(tokens, dtype=np.float32)[None, None, :, None]
+    return [np.broadcast_to(positions * fill, (1, 2, tokens, 3)).copy() for _ in range(2)]
+
+
+def test_keys_chain_so_equal_blocks_after_different_ones_differ():
+    a = block_keys([1, 2, 3, 4, 9, 9, 9, 9], BLOCK)
+    b = block_keys([5, 6, 7, 8, 9, 9, 9, 9], BLOCK)
+    assert a[1] != b[1]
+    assert block_keys([1, 2, 3, 4, 5], BLOCK) == a[:1]
+
+
+def test_lookup_returns_the_longest_whole_block_prefix_and_leaves_a_token_to_run():
+    cache = PrefixCache(capacity_bytes=10**6, block_tokens=BLOCK)
+    prompt = list(range(10))  # two full blocks
+    cache.insert(prompt, kv(10))
+    hit = cache.lookup(list(range(8)) + [99, 98])
+    assert hit.tokens == 8 and hit.cache[0].shape == (1, 2, 8, 3)
+    assert np.array_equal(hit.cache[0][0, 0, :, 0], np.arange(8))
+    # Exactly the cached 8 tokens: the last block is left to run, for the first logits.
+    assert cache.lookup(list(range(8))).tokens == 4
+    assert cache.lookup([7] + list(range(1, 10))) is None
+    assert cache.covers(list(range(6))) and not cache.covers([7, 1, 2, 3, 4])
+
+
+def test_insert_takes_the_prompt_after_left_padding():
+    cache = PrefixCache(capacity_bytes=10**6, block_tokens=BLOCK)
+    padded = kv(7)  # three padding positions, then the prompt's four tokens
+    cache.insert([1, 2, 3, 4], padded, offset=3)
+    hit = cache.lookup([1, 2, 3, 4, 5])
+    assert np.array_equal(hit.cache[0][0, 0, :, 0], [3, 4, 5, 6])
+
+
+def test_capacity_evicts_the_least_recently_used():
+    one_prompt = sum(a.nbytes for a in kv(4))
+    cache = PrefixCache(capacity_bytes=2 * one_prompt, block_tokens=BLOCK)
+    first, second, third = ([n] * 4 for n in (1, 2, 3))
+    cache.insert(first, kv(4))
+    cache.insert(second, kv(4))
+    assert cache.lookup(first + [0])  # first is now the most recently used
+    cache.insert(third, kv(4))
+    assert cache.lookup(second + [0]) is None
+    assert cache.lookup(first + [0]) and cache.lookup(third + [0])
+    assert cache.nbytes == 2 * one_prompt
+
+
+SYSTEM = (
+    "You are the guide of Velmora, a coastal city on the estuary of the river Sarn. Its old "
+    "town sits on a hill above the harbour, and its streets are paved with pale green stone. "
+    "The Amberline Bridge links the old town to the harbour district; it was designed by the "
+    "engineer Tessa Quorin and opened in 1872. Answer briefly and only from these facts."
+)
+
+
+@pytest.fixture(scope="module")
+def engines(loaded_chat_model):
+    """Engines over the same ONNX session: one with a prefix cache, one without."""
+    model, tokenizer = loaded_chat_model.engine.model, loaded_chat_model.tokenizer
+    context = loaded_chat_model.record.context_length
+    cached = GenerationEngine(model, tokenizer, context, prefix_cache=PrefixCache(2**28, 16))
+    cold = GenerationEngine(model, tokenizer, context)
+    yield cached, cold
+    cached.close()
+    cold.close()
+
+
+async def greedy(engine: GenerationEngine, prompt_ids: list[int], n: int = 1) -> list[list[int]]:
+    params = ResolvedSampling.resolve(SamplingParams(temperature=0.0, max_tokens=24), 4096)
+    tokens: list[list[int]] = [[] for _ in range(n)]
+    async for event in engine.generate(prompt_ids, [params] * n):
+        tokens[event.index].extend(event.token_ids)
+    return tokens
+
+
+async def test_a_hit_gives_the_tokens_of_a_cold_prefill(loaded_chat_model, engines):
+    cached, cold = engines
+
+    def ask(question: str) -> list[int]:
+        messages = [ChatMessage("system", SYSTEM), ChatMessage("user", question)]
+        return loaded_chat_model.render_prompt(messages)[1]
+
+    first, second = ask("Who designed the bridge?"), ask("When did the bridge open?")
+    assert await greedy(cached, first) == await greedy(cold, first)
+    assert cached.prefix_cache.nbytes > 0
+    assert cached.prefix_cache.covers(second)
+    # Second question: its system prompt comes from the cache; n=2 shares the hit.
+    saved = cached.prefix_cache.saved_tokens
+    assert await greedy(cached, second, n=2) == await greedy(cold, second, n=2)
+    assert cached.prefix_cache.saved_tokens - saved >= 64  # the system prompt's blocks
+    # The conversation's next turn reuses the whole earlier prompt.
+    answer = loaded_chat_model.tokenizer.decode((await greedy(cold, second))[0])
+    follow_up = loaded_chat_model.render_prompt(
+        [
+            ChatMessage("system", SYSTEM),
+            ChatMessage("user", "When did the bridge open?"),
+            ChatMessage("assistant", answer),
+            ChatMessage("user", "And who designed it?"),
+        ]
+    )[1]
+    assert cached.prefix_cache.lookup(follow_up).tokens >= len(second) - 16
+    assert await greedy(cached, follow_up) == await greedy(cold, follow_up)
