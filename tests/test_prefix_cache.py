@@ -116,3 +116,29 @@ async def test_a_hit_gives_the_tokens_of_a_cold_prefill(loaded_chat_model, engin
     )[1]
     assert cached.prefix_cache.lookup(follow_up).tokens >= len(second) - 16
     assert await greedy(cached, follow_up) == await greedy(cold, follow_up)
+
+
+async def test_a_prompt_longer_than_one_prefill_chunk_also_reuses_its_prefix(
+    loaded_chat_model, engines
+):
+    _, cold = engines
+    model, tokenizer = loaded_chat_model.engine.model, loaded_chat_model.tokenizer
+    context = loaded_chat_model.record.context_length
+    # Every prompt here is longer than a chunk, so each takes the chunked path.
+    chunked = GenerationEngine(
+        model, tokenizer, context, max_prefill_tokens=48, prefix_cache=PrefixCache(2**28, 16)
+    )
+    try:
+        questions = ("Who designed the bridge?", "What are the streets paved with?")
+        prompts = [
+            loaded_chat_model.render_prompt(
+                [ChatMessage("system", SYSTEM), ChatMessage("user", q)]
+            )[1]
+            for q in questions
+        ]
+        assert all(len(p) > 48 for p in prompts)
+        assert await greedy(chunked, prompts[0]) == await greedy(cold, prompts[0])
+        assert await greedy(chunked, prompts[1]) == await greedy(cold, prompts[1])
+        assert chunked.prefix_cache.saved_tokens >= 64
+    finally:
+        chunked.close()

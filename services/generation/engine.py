@@ -336,7 +336,8 @@ class GenerationEngine:
             ):
                 # It waits for the chunked path (one step for a cached prefix's rest).
                 break
-            if size > self.max_prefill_tokens or self._reused_prefix(request):
+            # Looked up first, whatever the size: a long prompt's cached prefix counts most.
+            if self._reused_prefix(request) or size > self.max_prefill_tokens:
                 self._chunking = self._waiting.popleft()
             else:
                 padded = max(longest, size) * (len(joining) + 1)
