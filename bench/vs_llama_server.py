@@ -62,7 +62,7 @@ sys.path.insert(0, str(REPO))
 from bench.generation import TOPICS, Result, Stream, prompts  # noqa: E402
 from services.common.domain import ChatMessage  # noqa: E402
 from services.common.healthcheck import http_ok  # noqa: E402
-from services.common.local import free_port  # noqa: E402
+from services.common.local import free_port, isolated_stack_env  # noqa: E402
 from services.common.records import ModelKind  # noqa: E402
 from services.generation.chat_template import ChatTemplate  # noqa: E402
 from services.generation.tokenizer import TextTokenizer  # noqa: E402
@@ -273,22 +273,10 @@ class StackServer(Server):
     name = "stack"
 
     def __init__(self, workdir: Path):
-        port = free_port()
-        self.base_url = f"http://127.0.0.1:{port}"
+        env = isolated_stack_env(workdir, "bench")
+        self.base_url = f"http://127.0.0.1:{env['EDGE_PORT']}"
         self.model = DEFAULT_CHAT_MODEL
-        self.key_path = workdir / "dev-api-key"
-        env = {
-            **os.environ,
-            "REGISTRY_DB_PATH": str(workdir / "registry.db"),
-            "REGISTRY_DEV_KEY_PATH": str(self.key_path),
-            "REGISTRY_PORT": str(free_port()),
-            "GENERATION_PORT": str(free_port()),
-            "EMBEDDING_PORT": str(free_port()),
-            "RETRIEVAL_PORT": str(free_port()),
-            "RETRIEVAL_DATA_DIR": str(workdir / "retrieval"),
-            "EDGE_PORT": str(port),
-            "EDGE_ADMIN_TOKEN": "bench",
-        }
+        self.key_path = Path(env["REGISTRY_DEV_KEY_PATH"])
         self.log = workdir / "stack.log"
         self.headers = {}
         with self.log.open("w") as out:

@@ -4,7 +4,6 @@ in-process gRPC servers on free ports, and the whole stack started as a user sta
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from services.common.local import free_port
+from services.common.local import free_port, isolated_stack_env
 from services.common.records import ModelKind, ModelRecord
 from services.common.rpc import GrpcServer, start_server
 from services.registry.defaults import (
@@ -241,26 +240,16 @@ class RunningStack:
 def stack(tmp_path_factory, chat_model, embedding_model) -> RunningStack:
     """`python -m services.launcher` as `make run` starts it, on free ports and a fresh database."""
     data = tmp_path_factory.mktemp("stack")
-    edge_port = free_port()
     env = {
-        **os.environ,
-        "REGISTRY_DB_PATH": str(data / "registry.db"),
-        "REGISTRY_PORT": str(free_port()),
-        "GENERATION_PORT": str(free_port()),
+        **isolated_stack_env(data, "test-admin-token"),
         "GENERATION_METRICS_PORT": str(free_port()),
-        "EMBEDDING_PORT": str(free_port()),
-        "RETRIEVAL_PORT": str(free_port()),
-        "RETRIEVAL_DATA_DIR": str(data / "retrieval"),
-        "EDGE_PORT": str(edge_port),
-        "REGISTRY_DEV_KEY_PATH": str(data / "dev-api-key"),
-        "EDGE_ADMIN_TOKEN": "test-admin-token",
         # Revocation tests wait this long for the edge's key cache.
         "EDGE_KEY_CACHE_TTL_S": "1",
         "EDGE_CATALOG_TTL_S": "1",
     }
     log_path = data / "stack.log"
     with launched_stack(env, log_path) as process:
-        running = RunningStack(process, f"http://127.0.0.1:{edge_port}", log_path, env)
+        running = RunningStack(process, f"http://127.0.0.1:{env['EDGE_PORT']}", log_path, env)
         requests.get(f"{running.base_url}/health", timeout=5).raise_for_status()
         yield running
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from services.common.local import free_port
+from services.common.local import free_port, isolated_stack_env
 
 STARTED = re.compile(r"started (\S+) \(pid (\d+)\)")
 
@@ -26,18 +26,9 @@ STARTED = re.compile(r"started (\S+) \(pid (\d+)\)")
 def launcher_env(data: Path) -> dict[str, str]:
     """Every port free and every file in `data`, so nothing clashes with another stack."""
     return {
-        **os.environ,
+        **isolated_stack_env(data, "test-admin-token"),
         "REGISTRY_BOOTSTRAP_DEFAULTS": "false",
-        "REGISTRY_DB_PATH": str(data / "registry.db"),
-        "REGISTRY_DEV_KEY_PATH": str(data / "dev-api-key"),
-        "REGISTRY_PORT": str(free_port()),
-        "GENERATION_PORT": str(free_port()),
         "GENERATION_METRICS_PORT": str(free_port()),
-        "EMBEDDING_PORT": str(free_port()),
-        "RETRIEVAL_PORT": str(free_port()),
-        "RETRIEVAL_DATA_DIR": str(data / "retrieval"),
-        "EDGE_PORT": str(free_port()),
-        "EDGE_ADMIN_TOKEN": "test-admin-token",
         "ENVOY_GRPC_PORT": str(free_port()),
         "ENVOY_ADMIN_PORT": str(free_port()),
     }

@@ -1,4 +1,5 @@
-"""Helpers for processes on one machine: free ports and owner-only secret files."""
+"""Helpers for processes on one machine: free ports, owner-only secret files and the
+environment of a whole stack that clashes with no other."""
 
 from __future__ import annotations
 
@@ -22,3 +23,20 @@ def write_secret_file(path: Path, secret: str) -> None:
     with os.fdopen(descriptor, "w") as handle:
         handle.write(secret + "\n")
     os.replace(temporary, path)
+
+
+def isolated_stack_env(data: Path, admin_token: str) -> dict[str, str]:
+    """The environment of `python -m services.launcher` with every service on a free port and
+    every file under `data` (tests and benchmarks start stacks side by side with `make run`)."""
+    return {
+        **os.environ,
+        "REGISTRY_DB_PATH": str(data / "registry.db"),
+        "REGISTRY_DEV_KEY_PATH": str(data / "dev-api-key"),
+        "REGISTRY_PORT": str(free_port()),
+        "GENERATION_PORT": str(free_port()),
+        "EMBEDDING_PORT": str(free_port()),
+        "RETRIEVAL_PORT": str(free_port()),
+        "RETRIEVAL_DATA_DIR": str(data / "retrieval"),
+        "EDGE_PORT": str(free_port()),
+        "EDGE_ADMIN_TOKEN": admin_token,
+    }
