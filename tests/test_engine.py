@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import os
+from pathlib import Path
 
 import numpy as np
+import pytest
 
 from services.common.domain import ChatMessage, SamplingParams
-from services.generation.engine import FinishReason
+from services.common.errors import InvalidArgument, ResourceExhausted
+from services.generation.engine import FinishReason, GenerationEngine
 from services.generation.sampler import ResolvedSampling
 from services.generation.tokenizer import IncrementalDetokenizer
 
@@ -43,13 +47,8 @@ async def test_kv_cache_decode_matches_full_recompute(loaded_chat_model):
     sequence = list(ids)
     reference = []
     for _ in range(len(cached_tokens)):
-        length = len(sequence)
-        logits, _ = model.forward(
-            np.array([sequence], np.int64),
-            np.ones((1, length), np.int64),
-            np.arange(length, dtype=np.int64)[None],
-            model.empty_cache(1),
-        )
+        empty = model.allocate(1, len(sequence))
+        logits = model.forward(empty, 0, np.array([sequence], np.int64), np.zeros(1, np.int64))
         token = int(np.argmax(logits[0]))
         reference.append(token)
         sequence.append(token)
@@ -161,3 +160,70 @@ async def test_abandoned_streams_leave_the_batch(loaded_chat_model):
             break
         await asyncio.sleep(0.05)
     assert engine.running == 0 and engine.waiting == 0
+
+
+async def test_kv_slots_are_all_free_after_100_aborted_streams_and_reused_exactly(
+    loaded_chat_model,
+):
+    engine = loaded_chat_model.engine
+    ids = prompt(loaded_chat_model, "Write a haiku about autumn leaves falling in a quiet park.")
+    _, reference, _ = await run(loaded_chat_model, ids, temperature=0.0, max_tokens=20)
+    params = ResolvedSampling.resolve(SamplingParams(temperature=0.0, max_tokens=300), 4096)
+
+    async def abort_after_first_event(stream):
+        await anext(stream)
+        await stream.aclose()
+
+    for _ in range(10):
+        # More streams than slots: some are cancelled while waiting, some while decoding.
+        streams = [engine.generate(ids, [params]) for _ in range(10)]
+        await asyncio.gather(*(abort_after_first_event(s) for s in streams))
+    for _ in range(200):
+        if engine.kv.free == engine.kv.slots and engine.running == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert engine.kv.free == engine.kv.slots and engine.waiting == 0
+    assert not engine.kv.lengths.any()
+    # Slots that held aborted sequences give the same tokens as before.
+    assert (await run(loaded_chat_model, ids, temperature=0.0, max_tokens=20))[1] == reference
+
+
+async def test_more_completions_than_slots_is_invalid_argument(loaded_chat_model):
+    engine = loaded_chat_model.engine
+    params = ResolvedSampling.resolve(SamplingParams(max_tokens=4), 4096)
+    with pytest.raises(InvalidArgument, match="more completions than this model runs at once"):
+        too_many = [params] * (engine.kv.slots + 1)
+        await anext(engine.generate(prompt(loaded_chat_model, "Hi"), too_many))
+
+
+def resident_bytes() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+async def test_a_burst_of_long_prompts_waits_for_slots_or_is_refused_never_overruns_memory(
+    loaded_chat_model,
+):
+    model, tokenizer = loaded_chat_model.engine.model, loaded_chat_model.tokenizer
+    engine = GenerationEngine(model, tokenizer, 1024, kv_slots=2, max_waiting=4)
+    try:
+        ids = prompt(loaded_chat_model, "Summarize: " + "the tide comes in and goes out. " * 90)
+        assert 700 < len(ids) < 1024
+        params = [ResolvedSampling.resolve(SamplingParams(temperature=0.0, max_tokens=8), 4096)]
+        before = resident_bytes()
+
+        async def attempt():
+            try:
+                return [e async for e in engine.generate(ids, params)][-1].finish_reason
+            except ResourceExhausted:
+                return "refused"
+
+        outcomes = await asyncio.gather(*(attempt() for _ in range(12)))
+        # Four wait (and up to two more hold the slots if the worker took them in time); the
+        # rest are refused at once with RESOURCE_EXHAUSTED (429); none fails otherwise.
+        assert 4 <= outcomes.count(FinishReason.LENGTH) <= 6
+        assert outcomes.count("refused") == 12 - outcomes.count(FinishReason.LENGTH)
+        # Growth is bounded by the two slots and the prefill scratch, whatever the burst.
+        grown = resident_bytes() - before
+        assert grown < engine.kv.capacity_bytes + 400 * 2**20
+    finally:
+        engine.close()

@@ -123,7 +123,7 @@ async def test_penalties_reduce_repetition(loaded_chat_model):
 async def test_chunked_prefill_matches_one_shot_prefill(loaded_chat_model):
     loaded = loaded_chat_model
     chunked = GenerationEngine(
-        loaded.engine.model, loaded.tokenizer, loaded.record.context_length, max_prefill_tokens=16
+        loaded.engine.model, loaded.tokenizer, loaded.context_length, max_prefill_tokens=16
     )
     try:
         ids = prompt(loaded, "Summarize: the quick brown fox jumps over the lazy dog, twice.")
@@ -145,8 +145,8 @@ async def test_full_queue_is_resource_exhausted(loaded_chat_model):
     small = GenerationEngine(
         loaded.engine.model,
         loaded.tokenizer,
-        loaded.record.context_length,
-        max_batch_size=1,
+        loaded.context_length,
+        kv_slots=1,
         max_waiting=1,
     )
     try:

@@ -26,12 +26,13 @@ async def serve(settings: GenerationSettings) -> None:
         registry.get_model,
         select_providers(settings.device),
         settings.intra_op_threads,
-        settings.max_batch_size,
+        settings.kv_slots,
         settings.max_prefill_tokens,
         settings.max_waiting,
         metrics_enabled=settings.metrics_port > 0,
         weights=settings.weights,
         prefix_cache_bytes=settings.prefix_cache_mb * 2**20,
+        kv_context=settings.kv_context,
     )
     if settings.metrics_port:
         prometheus_client.start_http_server(settings.metrics_port, addr=settings.host)

@@ -1,12 +1,12 @@
-"""Continuous-batching decode loop for one model.
+"""Continuous-batching decode loop for one model over KV slots.
 
-A single worker thread owns the batch: between decode steps it admits waiting requests
-(batched, left-padded prefill; prompts longer than one chunk, and prompts whose start is in
-the prefix cache, are prefilled a chunk per step on top of their past, so running sequences
-keep decoding) and drops finished or cancelled sequences, freeing their
-KV cache rows. A request for n completions is prefilled once and its cache rows copied n
-times. The event loop only submits requests and reads their events, so no ONNX Runtime call
-ever runs on it.
+A single worker thread owns the slots. A waiting request is admitted when there is a free
+slot for each of its completions; its prompt (after any prefix found in the prefix cache) is
+prefilled into its slot a chunk at a time, up to `max_prefill_tokens` per step, and every step
+also decodes one token for each running sequence, so a long prompt never stalls the others.
+A finished or cancelled sequence gives its slot back at once. A request for n completions is
+prefilled once and its slot's entries copied to the other n - 1. The event loop only submits
+requests and reads their events, so no ONNX Runtime call ever runs on it.
 """
 
 from __future__ import annotations
@@ -22,15 +22,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from services.common.errors import Internal, ResourceExhausted, Unavailable
+from services.common.errors import Internal, InvalidArgument, ResourceExhausted, Unavailable
 from services.generation.metrics import EngineMetrics
 from services.generation.onnx_model import OnnxCausalLM
-from services.generation.prefix_cache import PrefixCache
+from services.generation.prefix_cache import MIN_REST, PrefixCache
 from services.generation.sampler import ResolvedSampling, Sampler, token_logprobs
 from services.generation.stop import StopStringMatcher
 from services.generation.tokenizer import IncrementalDetokenizer, TextTokenizer
 
 logger = logging.getLogger(__name__)
+
+# A chunk of one token after a past rounds differently from the same token inside a longer
+# chunk (int4 MatMulNBits), so prompts are prefilled in chunks of at least two tokens and
+# greedy output does not depend on where the chunks fall.
+MIN_PREFILL_CHUNK = MIN_REST
 
 
 class FinishReason(enum.Enum):
@@ -79,8 +84,8 @@ class _Sequence:
         self.stop_matcher = StopStringMatcher(params.stop)
         self.deliver = deliver
         self.generated: list[int] = []
-        # Tokens of this sequence already in the KV cache; the next token goes at this position.
-        self.position = len(prompt_ids)
+        # Its KV slot, from admission on.
+        self.slot = -1
         self.last_token = -1
         self.finished = False
         # Set from the event loop thread; read by the worker between steps.
@@ -92,9 +97,10 @@ class _Sequence:
         return not (self.finished or self.cancelled)
 
     def accept(
-        self, logits: np.ndarray, eos_ids: frozenset[int], context_length: int
+        self, logits: np.ndarray, eos_ids: frozenset[int], context_full: bool
     ) -> FinishReason | None:
-        """Samples the next token from this sequence's logits row and reports it."""
+        """Samples the next token from this sequence's logits row and reports it; the token
+        fills the context when `context_full`."""
         token = self.sampler.next_token(logits)
         self.last_token = token
         self.generated.append(token)
@@ -113,7 +119,7 @@ class _Sequence:
                 finish = FinishReason.STOP
             elif len(self.generated) >= self.params.max_tokens:
                 finish = FinishReason.LENGTH
-            elif self.position + 1 >= context_length:
+            elif context_full:
                 finish = FinishReason.LENGTH
         if finish is not None:
             # Text held back as the possible start of a stop string is part of the reply when
@@ -135,67 +141,22 @@ class _Sequence:
 
 
 class _Request:
-    """A prompt waiting for prefill and the n sequences that will continue it."""
+    """A prompt being admitted and prefilled, and the n sequences that will continue it."""
 
     def __init__(self, prompt_ids: list[int], sequences: list[_Sequence]):
         self.prompt_ids = prompt_ids
         self.sequences = sequences
         self.enqueued_at = time.monotonic()
-        # Chunked prefill progress: tokens already in `cache`.
+        # Prompt tokens already in the first sequence's slot.
         self.prefilled = 0
-        self.cache: list[np.ndarray] | None = None
+
+    @property
+    def slot(self) -> int:
+        return self.sequences[0].slot
 
     @property
     def cancelled(self) -> bool:
         return all(s.cancelled for s in self.sequences)
-
-
-def _left_pad(arrays: list[np.ndarray], mask: np.ndarray, length: int):
-    """Pads KV arrays (axis 2) and the mask (axis 1) on the left to `length` positions."""
-    extra = length - mask.shape[1]
-    if extra == 0:
-        return arrays, mask
-    padded = [np.pad(a, ((0, 0), (0, 0), (extra, 0), (0, 0))) for a in arrays]
-    return padded, np.pad(mask, ((0, 0), (extra, 0)))
-
-
-class _Batch:
-    """The running sequences and their shared, left-padded KV cache."""
-
-    def __init__(self):
-        self.sequences: list[_Sequence] = []
-        self.cache: list[np.ndarray] = []
-        self.mask = np.zeros((0, 0), np.int64)
-
-    def __len__(self) -> int:
-        return len(self.sequences)
-
-    def merge(self, sequences: list[_Sequence], cache: list[np.ndarray], mask: np.ndarray):
-        if not self.sequences:
-            self.sequences, self.cache, self.mask = sequences, cache, mask
-            return
-        length = max(self.mask.shape[1], mask.shape[1])
-        own_cache, own_mask = _left_pad(self.cache, self.mask, length)
-        new_cache, new_mask = _left_pad(cache, mask, length)
-        self.cache = [
-            np.concatenate(pair, axis=0) for pair in zip(own_cache, new_cache, strict=True)
-        ]
-        self.mask = np.concatenate([own_mask, new_mask], axis=0)
-        self.sequences = self.sequences + sequences
-
-    def drop_done(self) -> None:
-        keep = [i for i, s in enumerate(self.sequences) if s.active]
-        if len(keep) == len(self.sequences):
-            return
-        self.sequences = [self.sequences[i] for i in keep]
-        if not keep:
-            self.cache, self.mask = [], np.zeros((0, 0), np.int64)
-            return
-        mask = self.mask[keep]
-        # Columns that are padding for every remaining row are dead weight: trim them.
-        first = int(np.argmax(mask.any(axis=0)))
-        self.mask = np.ascontiguousarray(mask[:, first:])
-        self.cache = [np.ascontiguousarray(a[keep, :, first:]) for a in self.cache]
 
 
 class GenerationEngine:
@@ -204,24 +165,27 @@ class GenerationEngine:
         model: OnnxCausalLM,
         tokenizer: TextTokenizer,
         context_length: int,
-        max_batch_size: int = 16,
-        max_prefill_tokens: int = 2048,
+        kv_slots: int = 16,
+        max_prefill_tokens: int = 512,
         max_waiting: int = 256,
         metrics: EngineMetrics | None = None,
         prefix_cache: PrefixCache | None = None,
     ):
+        if max_prefill_tokens < MIN_PREFILL_CHUNK:
+            raise ValueError(f"max_prefill_tokens must be at least {MIN_PREFILL_CHUNK}")
         self.model = model
         self.prefix_cache = prefix_cache
         self.tokenizer = tokenizer
+        # Tokens one sequence may hold (prompt and completion): a slot's length.
         self.context_length = context_length
-        self.max_batch_size = max_batch_size
         self.max_prefill_tokens = max_prefill_tokens
         self.max_waiting = max_waiting
         self.metrics = metrics or EngineMetrics.disabled()
+        self.kv = model.allocate(kv_slots, context_length)
         self._waiting: collections.deque[_Request] = collections.deque()
-        # A prompt longer than max_prefill_tokens, prefilled one chunk per step.
-        self._chunking: _Request | None = None
-        self._batch = _Batch()
+        # Admitted: slots held, prompt being prefilled (oldest first).
+        self._prefilling: list[_Request] = []
+        self._decoding: list[_Sequence] = []
         self._wakeup = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="generation-engine", daemon=True)
@@ -230,13 +194,12 @@ class GenerationEngine:
     @property
     def running(self) -> int:
         """Sequences still decoding (read from other threads; finished ones are not counted)."""
-        return sum(s.active for s in self._batch.sequences)
+        return sum(s.active for s in list(self._decoding))
 
     @property
     def waiting(self) -> int:
-        waiting = sum(len(r.sequences) for r in list(self._waiting))
-        chunking = self._chunking
-        return waiting + (len(chunking.sequences) if chunking else 0)
+        requests = list(self._waiting) + list(self._prefilling)
+        return sum(len(r.sequences) for r in requests)
 
     def close(self) -> None:
         with self._wakeup:
@@ -251,6 +214,12 @@ class GenerationEngine:
 
         Closing the iterator early cancels them all. RESOURCE_EXHAUSTED if the queue is full.
         """
+        if len(params) > self.kv.slots:
+            raise InvalidArgument(
+                f"n={len(params)} is more completions than this model runs at once "
+                f"({self.kv.slots}).",
+                param="n",
+            )
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[GenerationEvent | Exception] = asyncio.Queue()
 
@@ -289,177 +258,154 @@ class GenerationEngine:
     def _run(self) -> None:
         while True:
             with self._wakeup:
-                while not (self._stopping or self._waiting or self._batch or self._chunking):
+                while not (self._stopping or self._waiting or self._prefilling or self._decoding):
                     self._wakeup.wait()
                 if self._stopping:
                     break
-                joining = self._admit()
+                admitted = self._take_admissible()
             try:
-                self._step(joining)
+                self._admit(admitted)
+                self._step()
             except Exception as error:  # noqa: BLE001 - every affected stream must hear of it
                 logger.exception("decode step failed")
                 failure = Internal(f"Generation failed: {type(error).__name__}")
-                chunking = [self._chunking] if self._chunking else []
-                for request in joining + chunking:
-                    self._batch.sequences.extend(request.sequences)
-                for sequence in self._batch.sequences:
+                for request in admitted + self._prefilling:
+                    self._decoding.extend(request.sequences)
+                for sequence in self._decoding:
                     if not sequence.finished:
                         sequence.finished = True
                         sequence.deliver(failure)
-                self._batch = _Batch()
-                self._chunking = None
+                self._prefilling, self._decoding = [], []
+                self.kv.release_all()
         shutdown = Unavailable("The generation engine shut down.")
-        for request in list(self._waiting):
-            for sequence in request.sequences:
+        requests = list(self._waiting) + self._prefilling
+        for sequence in [s for r in requests for s in r.sequences] + self._decoding:
+            if sequence.active:
                 sequence.deliver(shutdown)
-        for sequence in self._batch.sequences:
-            sequence.deliver(shutdown)
 
-    def _admit(self) -> list[_Request]:
-        """Takes waiting requests that fit the batch and the prefill budget (caller holds lock).
-
-        A prompt longer than the budget becomes the chunked prefill, one at a time.
-        """
-        joining: list[_Request] = []
-        longest = 0
-        taken = len(self._batch) + (len(self._chunking.sequences) if self._chunking else 0)
+    def _take_admissible(self) -> list[_Request]:
+        """Takes the waiting requests, oldest first, that free slots can hold (holds the lock)."""
+        taken: list[_Request] = []
+        free = self.kv.free
         while self._waiting:
             request = self._waiting[0]
             if request.cancelled:
                 self._waiting.popleft()
                 continue
-            if taken + len(request.sequences) > self.max_batch_size and taken:
+            if len(request.sequences) > free:
                 break
-            size = len(request.prompt_ids)
-            if self._chunking is not None and (
-                size > self.max_prefill_tokens or self._in_prefix_cache(request)
-            ):
-                # It waits for the chunked path (one step for a cached prefix's rest).
-                break
-            # Looked up first, whatever the size: a long prompt's cached prefix counts most.
-            if self._reused_prefix(request) or size > self.max_prefill_tokens:
-                self._chunking = self._waiting.popleft()
-            else:
-                padded = max(longest, size) * (len(joining) + 1)
-                if joining and padded > self.max_prefill_tokens:
-                    break
-                longest = max(longest, size)
-                joining.append(self._waiting.popleft())
+            free -= len(request.sequences)
+            taken.append(self._waiting.popleft())
+        return taken
+
+    def _admit(self, requests: list[_Request]) -> None:
+        """Gives each request its slots and starts it from the prefix cache's longest match."""
+        for request in requests:
             self.metrics.queue_time(time.monotonic() - request.enqueued_at)
-            taken += len(request.sequences)
-        return joining
-
-    def _in_prefix_cache(self, request: _Request) -> bool:
-        return self.prefix_cache is not None and self.prefix_cache.covers(request.prompt_ids)
-
-    def _reused_prefix(self, request: _Request) -> bool:
-        """Starts the request from the prefix cache's longest match, if any."""
-        if self.prefix_cache is None:
-            return False
-        hit = self.prefix_cache.lookup(request.prompt_ids)
-        self.metrics.prefix_lookup(hit.tokens if hit else 0)
-        if hit is None:
-            return False
-        request.cache, request.prefilled = hit.cache, hit.tokens
-        return True
-
-    def _step(self, joining: list[_Request]) -> None:
-        self._batch.drop_done()
-        if self._chunking is not None:
-            self._prefill_chunk(self._chunking)
-        joining = [r for r in joining if not r.cancelled]
-        if joining:
-            self._prefill(joining)
-        self._batch.drop_done()
-        if self._batch:
-            self._decode()
-            self._batch.drop_done()
-        self.metrics.occupancy(self.running, self.waiting)
-
-    def _prefill(self, requests: list[_Request]) -> None:
-        length = max(len(r.prompt_ids) for r in requests)
-        count = len(requests)
-        input_ids = np.full((count, length), self.tokenizer.pad_token_id, np.int64)
-        mask = np.zeros((count, length), np.int64)
-        positions = np.zeros((count, length), np.int64)
-        for row, request in enumerate(requests):
-            size = len(request.prompt_ids)
-            input_ids[row, length - size :] = request.prompt_ids
-            mask[row, length - size :] = 1
-            positions[row, length - size :] = np.arange(size)
-        logits, cache = self.model.forward(
-            input_ids, mask, positions, self.model.empty_cache(count)
-        )
-        self._start(requests, logits, cache, mask)
-
-    def _prefill_chunk(self, request: _Request) -> None:
-        if request.cancelled:
-            self._chunking = None
-            return
-        start = request.prefilled
-        end = min(start + self.max_prefill_tokens, len(request.prompt_ids))
-        cache = request.cache or self.model.empty_cache(1)
-        logits, request.cache = self.model.forward(
-            np.array([request.prompt_ids[start:end]], np.int64),
-            np.ones((1, end), np.int64),
-            np.arange(start, end, dtype=np.int64)[None],
-            cache,
-        )
-        request.prefilled = end
-        if end == len(request.prompt_ids):
-            self._chunking = None
-            self._start([request], logits, request.cache, np.ones((1, end), np.int64))
-            request.cache = None
-
-    def _start(
-        self,
-        requests: list[_Request],
-        logits: np.ndarray,
-        cache: list[np.ndarray],
-        mask: np.ndarray,
-    ) -> None:
-        """Copies each request's prefilled row once per completion, joins them to the batch,
-        then samples their first tokens."""
-        rows = [row for row, r in enumerate(requests) for _ in r.sequences]
-        if len(rows) != len(requests):
-            cache = [a[rows] for a in cache]
-            mask = mask[rows]
-        sequences = [s for r in requests for s in r.sequences]
-        # Join the batch before the first token is reported, so observers see them running.
-        self._batch.merge(sequences, cache, mask)
-        now = time.monotonic()
-        for row, request in enumerate(requests):
-            self.metrics.prompt_tokens(len(request.prompt_ids))
-            self.metrics.first_token(now - request.enqueued_at)
+            for sequence in request.sequences:
+                sequence.slot = self.kv.acquire()
             if self.prefix_cache is not None:
-                # The prompt's first token sits after the row's left padding, if any.
-                padding = mask.shape[1] - int(mask[rows.index(row)].sum())
-                prompt_cache = [a[rows.index(row) :] for a in cache]
-                self.prefix_cache.insert(request.prompt_ids, prompt_cache, padding)
+                hit = self.prefix_cache.lookup(request.prompt_ids)
+                self.metrics.prefix_lookup(hit.tokens if hit else 0)
+                if hit is not None:
+                    self.kv.load(request.slot, hit.cache)
+                    request.prefilled = hit.tokens
+            self._prefilling.append(request)
+
+    def _step(self) -> None:
+        self._drop_done()
+        budget = self.max_prefill_tokens
+        for request in list(self._prefilling):
+            used = self._prefill_chunk(request, budget)
+            if not used:
+                break
+            budget -= used
+        # Sequences that ended on their first token leave before the decode run.
+        self._drop_done()
+        if self._decoding:
+            self._decode()
+        self.metrics.occupancy(self.running, self.waiting)
+        self.metrics.kv_usage(
+            self.kv.slots - self.kv.free, self.kv.slots, int(self.kv.lengths.sum())
+        )
+
+    def _drop_done(self) -> None:
+        """Gives back the slots of finished and cancelled sequences and requests."""
+        for sequence in self._decoding:
+            if not sequence.active:
+                self.kv.release(sequence.slot)
+        self._decoding = [s for s in self._decoding if s.active]
+        for request in self._prefilling:
+            if request.cancelled:
+                for sequence in request.sequences:
+                    self.kv.release(sequence.slot)
+        self._prefilling = [r for r in self._prefilling if not r.cancelled]
+
+    def _prefill_chunk(self, request: _Request, budget: int) -> int:
+        """Prefills the next chunk of the request's prompt; returns its tokens (0: none fit)."""
+        start = request.prefilled
+        rest = len(request.prompt_ids) - start
+        size = min(budget, rest)
+        if rest - size == 1:
+            # Never leave a one-token final chunk: it rounds differently (see MIN_PREFILL_CHUNK).
+            size -= 1
+        if size < min(MIN_PREFILL_CHUNK, rest):
+            return 0
+        logits = self.model.forward(
+            self.kv,
+            request.slot,
+            np.array([request.prompt_ids[start : start + size]], np.int64),
+            self.kv.lengths[request.slot : request.slot + 1],
+        )
+        request.prefilled += size
+        self.kv.lengths[request.slot] = request.prefilled
+        if request.prefilled == len(request.prompt_ids):
+            self._prefilling.remove(request)
+            self._start(request, logits[0])
+        return size
+
+    def _start(self, request: _Request, logits: np.ndarray) -> None:
+        """Copies the prefilled slot to the request's other completions, puts them all in the
+        decoding batch and samples their first tokens."""
+        size = len(request.prompt_ids)
+        for sequence in request.sequences[1:]:
+            self.kv.copy(request.slot, sequence.slot, size)
         if self.prefix_cache is not None:
+            self.prefix_cache.insert(request.prompt_ids, self.kv.view(request.slot, size))
             self.metrics.prefix_cache_bytes(self.prefix_cache.nbytes)
-        for row, sequence in zip(rows, sequences, strict=True):
-            self._accept(sequence, logits[row], now)
+        # Join the batch before the first token is reported, so observers see them running.
+        self._decoding.extend(request.sequences)
+        now = time.monotonic()
+        self.metrics.prompt_tokens(size)
+        self.metrics.first_token(now - request.enqueued_at)
+        for sequence in request.sequences:
+            self._accept(sequence, logits, now)
 
     def _decode(self) -> None:
-        batch = self._batch
-        count = len(batch)
-        input_ids = np.array([[s.last_token] for s in batch.sequences], np.int64)
-        positions = np.array([[s.position] for s in batch.sequences], np.int64)
-        mask = np.concatenate([batch.mask, np.ones((count, 1), np.int64)], axis=1)
-        logits, batch.cache = self.model.forward(input_ids, mask, positions, batch.cache)
-        batch.mask = mask
-        self.metrics.batch_size(count)
+        """One token for every decoding sequence, in one run over the slot range they span.
+
+        Other slots in that range (free, or mid-prefill) ride along with a pad token written
+        just past their entries, where their next write lands anyway; their logits are unused.
+        """
+        slots = [s.slot for s in self._decoding]
+        first, end = min(slots), max(slots) + 1
+        input_ids = np.full((end - first, 1), self.tokenizer.pad_token_id, np.int64)
+        for sequence in self._decoding:
+            input_ids[sequence.slot - first, 0] = sequence.last_token
+        logits = self.model.forward(self.kv, first, input_ids, self.kv.lengths[first:end])
+        self.metrics.batch_size(len(self._decoding))
         now = time.monotonic()
-        for row, sequence in enumerate(batch.sequences):
-            sequence.position += 1
+        for sequence in self._decoding:
+            self.kv.lengths[sequence.slot] += 1
             if not sequence.cancelled:
                 self.metrics.inter_token(now - sequence.last_token_at)
-                self._accept(sequence, logits[row], now)
+                self._accept(sequence, logits[sequence.slot - first], now)
 
     def _accept(self, sequence: _Sequence, logits: np.ndarray, now: float) -> None:
         sequence.last_token_at = now
-        finish = sequence.accept(logits, self.tokenizer.eos_token_ids, self.context_length)
+        # The sampled token goes at the slot's length: is that the slot's last position?
+        context_full = self.kv.lengths[sequence.slot] + 1 >= self.context_length
+        finish = sequence.accept(logits, self.tokenizer.eos_token_ids, context_full)
         self.metrics.generated_token()
         if finish is not None:
             self.metrics.finished(finish.value)

@@ -48,6 +48,13 @@ PREFIX_SAVED_TOKENS = Counter(
 PREFIX_CACHE_BYTES = Gauge(
     "llmserve_generation_prefix_cache_bytes", "KV bytes held by the prefix cache.", ["model"]
 )
+KV_SLOTS_USED = Gauge(
+    "llmserve_generation_kv_slots_used", "KV slots held by a sequence.", ["model"]
+)
+KV_SLOTS = Gauge("llmserve_generation_kv_slots", "KV slots allocated.", ["model"])
+KV_TOKENS = Gauge(
+    "llmserve_generation_kv_tokens", "Tokens whose keys and values the slots hold.", ["model"]
+)
 FINISHED = Counter(
     "llmserve_generation_finished_sequences", "Sequences finished, by reason.", ["model", "reason"]
 )
@@ -83,6 +90,12 @@ class EngineMetrics:
         if self._model:
             RUNNING.labels(self._model).set(running)
             WAITING.labels(self._model).set(waiting)
+
+    def kv_usage(self, used_slots: int, slots: int, tokens: int) -> None:
+        if self._model:
+            KV_SLOTS_USED.labels(self._model).set(used_slots)
+            KV_SLOTS.labels(self._model).set(slots)
+            KV_TOKENS.labels(self._model).set(tokens)
 
     def prompt_tokens(self, count: int) -> None:
         if self._model:

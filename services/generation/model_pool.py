@@ -29,11 +29,16 @@ class LoadedModel:
     template: ChatTemplate
     engine: GenerationEngine
 
+    @property
+    def context_length(self) -> int:
+        """Tokens one sequence may hold here: the model's context, or a KV slot if shorter."""
+        return self.engine.context_length
+
     def render_prompt(self, messages: Sequence[ChatMessage]) -> tuple[str, list[int]]:
         """Chat template -> prompt text and ids; rejects prompts that leave no room to answer."""
         prompt = self.template.render(messages)
         ids = self.tokenizer.encode(prompt)
-        limit = self.record.context_length
+        limit = self.context_length
         if len(ids) >= limit:
             raise ContextLengthExceeded(
                 f"This model's maximum context length is {limit} tokens. However, your messages "
@@ -56,10 +61,10 @@ class LoadedModel:
 
     def room_for(self, prompt_ids: list[int], max_tokens: int | None) -> int:
         """Tokens left for the completion; a max_tokens beyond that is an error, as in OpenAI."""
-        room = self.record.context_length - len(prompt_ids)
+        room = self.context_length - len(prompt_ids)
         if max_tokens is not None and max_tokens > room:
             raise ContextLengthExceeded(
-                f"This model's maximum context length is {self.record.context_length} tokens. "
+                f"This model's maximum context length is {self.context_length} tokens. "
                 f"However, you requested {len(prompt_ids) + max_tokens} tokens "
                 f"({len(prompt_ids)} in the messages, {max_tokens} in the completion). "
                 "Please reduce the length of the messages or completion."
@@ -73,17 +78,19 @@ class ModelPool:
         lookup: Callable[[str], Awaitable[ModelRecord]],
         providers: list[str],
         intra_op_threads: int,
-        max_batch_size: int,
+        kv_slots: int,
         max_prefill_tokens: int,
         max_waiting: int = 256,
         metrics_enabled: bool = False,
         weights: str = "fp32",
         prefix_cache_bytes: int = 0,
+        kv_context: int = 8192,
     ):
         self._lookup = lookup
         self._providers = providers
         self._intra_op_threads = intra_op_threads
-        self._max_batch_size = max_batch_size
+        self._kv_slots = kv_slots
+        self._kv_context = kv_context
         self._max_prefill_tokens = max_prefill_tokens
         self._max_waiting = max_waiting
         self._metrics_enabled = metrics_enabled
@@ -113,8 +120,8 @@ class ModelPool:
         engine = GenerationEngine(
             model,
             tokenizer,
-            context_length=record.context_length,
-            max_batch_size=self._max_batch_size,
+            context_length=min(record.context_length, self._kv_context),
+            kv_slots=self._kv_slots,
             max_prefill_tokens=self._max_prefill_tokens,
             max_waiting=self._max_waiting,
             metrics=EngineMetrics(record.name if self._metrics_enabled else None),

@@ -1,4 +1,12 @@
-"""An ONNX Runtime session over an optimum `text-generation-with-past` export."""
+"""Forward passes of an exported decoder over KV slots.
+
+Two graph kinds run here, told apart by their inputs:
+- onnxruntime-genai builder graphs (no `position_ids`): GroupQueryAttention reads and appends
+  to one shared past/present buffer, so the slot rows are bound in place with IO binding and
+  nothing is copied;
+- optimum `text-generation-with-past` graphs (the fallback for other architectures): the past
+  goes in as a copy of the rows and the new entries are written back into the slots.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +16,20 @@ from pathlib import Path
 import numpy as np
 
 from services.common.onnx_runtime import open_session
+from services.generation.kv_slots import KvSlots
 
 _PAST_INPUT = re.compile(r"past_key_values\.(\d+)\.(key|value)")
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
 class OnnxCausalLM:
-    """Forward passes of a decoder with an explicit KV cache [batch, kv_heads, length, head_dim]."""
+    """A decoder with a KV cache [batch, kv_heads, length, head_dim] per layer and key/value."""
 
     def __init__(self, model_path: Path, providers: list[str], intra_op_threads: int = 0):
         self.session = open_session(model_path, providers, intra_op_threads)
         self.provider = self.session.get_providers()[0]
-        past = [i for i in self.session.get_inputs() if _PAST_INPUT.fullmatch(i.name)]
+        inputs = self.session.get_inputs()
+        past = [i for i in inputs if _PAST_INPUT.fullmatch(i.name)]
         if not past:
             raise ValueError(f"{model_path} has no past_key_values inputs (export with-past)")
         self.num_layers = len(past) // 2
@@ -30,30 +40,67 @@ class OnnxCausalLM:
             for layer in range(self.num_layers)
             for kind in ("key", "value")
         ]
-        self._output_names = ["logits"] + [
+        self._present_names = [
             name.replace("past_key_values", "present") for name in self._past_names
         ]
         self.vocab_size = self.session.get_outputs()[0].shape[-1]
-        self._uses_position_ids = any(i.name == "position_ids" for i in self.session.get_inputs())
+        # Builder graphs take positions from the mask; only optimum's take them explicitly.
+        self.shares_kv_buffer = not any(i.name == "position_ids" for i in inputs)
 
-    def empty_cache(self, batch_size: int) -> list[np.ndarray]:
-        shape = (batch_size, self.num_kv_heads, 0, self.head_dim)
-        return [np.zeros(shape, self.kv_dtype) for _ in self._past_names]
+    def allocate(self, slots: int, max_len: int) -> KvSlots:
+        return KvSlots(
+            len(self._past_names), self.num_kv_heads, self.head_dim, slots, max_len, self.kv_dtype
+        )
 
     def forward(
-        self,
-        input_ids: np.ndarray,
-        attention_mask: np.ndarray,
-        position_ids: np.ndarray,
-        cache: list[np.ndarray],
-    ) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Returns the last position's logits [batch, vocab] and the grown cache.
-
-        `attention_mask` covers cache plus new tokens; zeros mark left padding.
+        self, kv: KvSlots, first: int, input_ids: np.ndarray, past_lengths: np.ndarray
+    ) -> np.ndarray:
+        """Runs input_ids [n, S] on slots [first, first + n), whose rows hold past_lengths[i]
+        entries, appends the new entries there and returns the last position's logits [n, vocab].
         """
-        feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if self._uses_position_ids:
-            feeds["position_ids"] = position_ids
-        feeds.update(zip(self._past_names, cache, strict=True))
-        logits, *present = self.session.run(self._output_names, feeds)
-        return logits[:, -1, :], present
+        if self.shares_kv_buffer:
+            return self._forward_in_place(kv, first, input_ids, past_lengths)
+        return self._forward_copying(kv, first, input_ids, past_lengths)
+
+    def _forward_in_place(self, kv, first, input_ids, past_lengths) -> np.ndarray:
+        count, steps = input_ids.shape
+        totals = past_lengths + steps
+        # GroupQueryAttention only reads each row's mask sum: its length after this run.
+        mask = (np.arange(int(totals.max()))[None, :] < totals[:, None]).astype(np.int64)
+        binding = self.session.io_binding()
+        binding.bind_cpu_input("input_ids", np.ascontiguousarray(input_ids, np.int64))
+        binding.bind_cpu_input("attention_mask", mask)
+        # Bound first: get_outputs() follows the binding order.
+        binding.bind_output("logits", "cpu")
+        shape = [count, self.num_kv_heads, kv.max_len, self.head_dim]
+        for past, present, array in zip(
+            self._past_names, self._present_names, kv.arrays, strict=True
+        ):
+            # Row `first` of a C-contiguous buffer: the n rows from it are contiguous too.
+            pointer = array[first].ctypes.data
+            binding.bind_input(past, "cpu", 0, self.kv_dtype, shape, pointer)
+            binding.bind_output(present, "cpu", 0, self.kv_dtype, shape, pointer)
+        self.session.run_with_iobinding(binding)
+        logits = binding.get_outputs()[0].numpy()
+        return logits[:, -1, :]
+
+    def _forward_copying(self, kv, first, input_ids, past_lengths) -> np.ndarray:
+        count, steps = input_ids.shape
+        longest = int(past_lengths.max())
+        rows = slice(first, first + count)
+        # Each row's past is right-padded to the longest; the mask hides the padding.
+        past_mask = np.arange(longest)[None, :] < past_lengths[:, None]
+        feeds = {
+            "input_ids": np.ascontiguousarray(input_ids, np.int64),
+            "attention_mask": np.concatenate(
+                [past_mask, np.ones((count, steps), bool)], axis=1
+            ).astype(np.int64),
+            "position_ids": past_lengths[:, None] + np.arange(steps)[None, :],
+        }
+        for name, array in zip(self._past_names, kv.arrays, strict=True):
+            feeds[name] = np.ascontiguousarray(array[rows, :, :longest])
+        logits, *present = self.session.run(["logits", *self._present_names], feeds)
+        for array, grown in zip(kv.arrays, present, strict=True):
+            for row, length in enumerate(past_lengths):
+                array[first + row, :, length : length + steps] = grown[row, :, longest:]
+        return logits[:, -1, :]

@@ -17,11 +17,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# Prompt tokens a hit always leaves to prefill (see PrefixHit.tokens).
+MIN_REST = 2
+
 
 @dataclass(frozen=True)
 class PrefixHit:
-    # Prompt tokens whose KV is reused (whole blocks, and always at least one token short of
-    # the prompt: its last token must run to give the first logits).
+    # Prompt tokens whose KV is reused: whole blocks, and always at least two tokens short of
+    # the prompt (its last token must run to give the first logits, and a chunk of one token
+    # after a past rounds differently from the same token in a longer chunk).
     tokens: int
     # Per cache array (layer x key/value): [1, kv_heads, tokens, head_dim].
     cache: list[np.ndarray]
@@ -58,14 +62,8 @@ class PrefixCache:
         self._by_key: dict[bytes, tuple[int, int]] = {}
         self._next_id = 0
 
-    def covers(self, prompt_ids: list[int]) -> bool:
-        """Whether a lookup would hit (without counting as a use)."""
-        if len(prompt_ids) <= self.block_tokens:
-            return False
-        return block_keys(prompt_ids[: self.block_tokens], self.block_tokens)[0] in self._by_key
-
     def lookup(self, prompt_ids: list[int]) -> PrefixHit | None:
-        usable_blocks = (len(prompt_ids) - 1) // self.block_tokens
+        usable_blocks = (len(prompt_ids) - MIN_REST) // self.block_tokens
         best: tuple[int, int] | None = None
         for blocks, key in enumerate(block_keys(prompt_ids, self.block_tokens)[:usable_blocks]):
             found = self._by_key.get(key)
@@ -82,14 +80,14 @@ class PrefixCache:
         cache = self._entries[entry_id].cache
         return PrefixHit(tokens, [a[:, :, :tokens] for a in cache])
 
-    def insert(self, prompt_ids: list[int], cache: list[np.ndarray], offset: int = 0) -> None:
-        """Keeps the prompt's full blocks from `cache` (row 0, its first token at `offset` on
-        the sequence axis), unless they are all cached already."""
+    def insert(self, prompt_ids: list[int], cache: list[np.ndarray]) -> None:
+        """Keeps the prompt's full blocks from `cache` ([1, kv_heads, >= tokens, head_dim] per
+        array), unless they are all cached already."""
         keys = block_keys(prompt_ids, self.block_tokens)
         if not keys or keys[-1] in self._by_key:
             return
         tokens = len(keys) * self.block_tokens
-        kept = [np.ascontiguousarray(a[:1, :, offset : offset + tokens]) for a in cache]
+        kept = [np.ascontiguousarray(a[:1, :, :tokens]) for a in cache]
         entry = _Entry(keys, kept, sum(a.nbytes for a in kept))
         if entry.nbytes > self.capacity_bytes:
             return

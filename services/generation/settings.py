@@ -18,10 +18,14 @@ class GenerationSettings(ServiceSettings):
     weights: Literal["fp32", "int4"] = "int4"
     # ONNX Runtime intra-op threads; 0 lets ONNX Runtime use every core.
     intra_op_threads: int = 0
-    # Sequences decoded together in one step.
-    max_batch_size: int = 16
-    # Padded prompt tokens prefilled together in one step (bounds prefill memory).
-    max_prefill_tokens: int = 2048
+    # KV slots per model: the sequences decoded together. Each holds up to kv_context tokens
+    # (or the model's context, if shorter); their memory is the bound, known at load:
+    # slots x context x (layers x 2 x kv_heads x head_dim x 4 bytes).
+    kv_slots: int = 16
+    kv_context: int = 8192
+    # Prompt tokens prefilled per step, beside one decode token for each running sequence:
+    # smaller keeps streams smooth while a long prompt arrives, larger fills it sooner.
+    max_prefill_tokens: int = 512
     # KV of recent prompts kept for reuse by prompts that start the same way (a system prompt,
     # earlier turns), per model, in MiB; 0 turns prefix caching off.
     prefix_cache_mb: int = 512
