@@ -24,12 +24,15 @@ from services.common.errors import (
 )
 from services.common.records import (
     EndpointUsage,
+    GraphKind,
     ModelKind,
+    ModelRecord,
     ServingRecord,
     SourceFormat,
     UsageQuery,
     UsageRecord,
     UsageStatus,
+    chat_model_file,
 )
 from services.common.rpc import service_name, start_server
 from services.registry.importer import ModelImporter
@@ -90,6 +93,50 @@ def test_models_and_servings_persist_across_reopen(tmp_path, chat_model):
     with pytest.raises(NotFound):
         reopened.get_model(chat_model.name)
     assert reopened.list_models(ModelKind.CHAT) == []
+
+
+def _graph_record(graph: GraphKind, name: str = "m") -> ModelRecord:
+    return ModelRecord(
+        name=name,
+        kind=ModelKind.CHAT,
+        source="/src.gguf",
+        source_format=SourceFormat.GGUF,
+        source_sha256="f00",
+        artifact_dir="/a",
+        chat_template="{{ messages }}",
+        context_length=2048,
+        created_at_unix_ms=7,
+        graph=graph,
+    )
+
+
+@pytest.mark.parametrize("graph", list(GraphKind))
+def test_the_graph_kind_survives_the_proto_and_the_store(tmp_path, graph):
+    pb = _graph_record(graph).to_pb()
+    assert registry_pb2.GraphKind.Name(pb.graph) == f"GRAPH_KIND_{graph.name}"
+    wire = registry_pb2.Model.FromString(pb.SerializeToString())
+    assert ModelRecord.from_pb(wire) == _graph_record(graph)
+
+    store = RegistryStore(tmp_path / "registry.db")
+    store.add_model(_graph_record(graph))
+    store.close()
+    store = RegistryStore(tmp_path / "registry.db")
+    assert store.get_model("m") == _graph_record(graph)
+    assert store.list_models(ModelKind.CHAT) == [_graph_record(graph)]
+    store.close()
+
+
+def test_a_model_message_without_a_graph_kind_is_an_optimum_export():
+    pb = _graph_record(GraphKind.GQA).to_pb()
+    pb.ClearField("graph")
+    assert ModelRecord.from_pb(pb).graph is GraphKind.OPTIMUM
+
+
+def test_chat_model_files_by_graph_and_weights():
+    assert chat_model_file(GraphKind.GQA, "int4") == "gqa-int4/model.onnx"
+    assert chat_model_file(GraphKind.GQA, "fp32") == "gqa-fp32/model.onnx"
+    assert chat_model_file(GraphKind.OPTIMUM, "int4") == "model.int4.onnx"
+    assert chat_model_file(GraphKind.OPTIMUM, "fp32") == "model.onnx"
 
 
 def test_serving_for_unknown_model_is_not_found(tmp_path):

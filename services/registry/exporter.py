@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from services.common.records import CHAT_MODEL_FILES, ModelKind, SourceFormat
+from services.common.records import GraphKind, ModelKind, SourceFormat, chat_model_file
 
 PROGRESS_PREFIX = "@@progress "
 # Bump when the export recipe changes: it is part of the cache key.
@@ -66,11 +66,12 @@ def _write_variants(onnx_dir: Path, progress: Progress) -> None:
 
     from services.registry.graph import last_position_logits, quantize_int4, save
 
+    fp32 = onnx_dir / chat_model_file(GraphKind.OPTIMUM, "fp32")
     progress("slicing logits to the last position", 0.8)
-    model = last_position_logits(onnx.load(onnx_dir / CHAT_MODEL_FILES["fp32"]))
-    save(model, onnx_dir / CHAT_MODEL_FILES["fp32"])
+    model = last_position_logits(onnx.load(fp32))
+    save(model, fp32)
     progress("quantizing weights to int4", 0.9)
-    save(quantize_int4(model), onnx_dir / CHAT_MODEL_FILES["int4"])
+    save(quantize_int4(model), onnx_dir / chat_model_file(GraphKind.OPTIMUM, "int4"))
 
 
 def export(
