@@ -35,7 +35,12 @@ sys.path.insert(0, str(REPO))
 from services.common.domain import ChatMessage, SamplingParams  # noqa: E402
 from services.common.local import free_port  # noqa: E402
 from services.common.onnx_runtime import select_providers  # noqa: E402
-from services.common.records import CHAT_MODEL_FILES, ModelKind  # noqa: E402
+from services.common.records import (  # noqa: E402
+    CHAT_WEIGHTS,
+    GraphKind,
+    ModelKind,
+    chat_model_file,
+)
 from services.generation.chat_template import ChatTemplate  # noqa: E402
 from services.generation.engine import GenerationEngine  # noqa: E402
 from services.generation.onnx_model import OnnxCausalLM  # noqa: E402
@@ -173,10 +178,12 @@ class StackUnderTest:
 
 
 class EngineUnderTest:
-    def __init__(self, artifact_dir: Path, weights: str, template: ChatTemplate):
+    def __init__(self, artifact_dir: Path, graph: GraphKind, weights: str, template: ChatTemplate):
         self.tokenizer = TextTokenizer(artifact_dir)
         model = OnnxCausalLM(
-            artifact_dir / CHAT_MODEL_FILES[weights], select_providers("cpu"), intra_op_threads=0
+            artifact_dir / chat_model_file(graph, weights),
+            select_providers("cpu"),
+            intra_op_threads=0,
         )
         self.engine = GenerationEngine(model, self.tokenizer, context_length=8192)
         self.template = template
@@ -315,7 +322,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--concurrency", default="1,2,4,8,16")
     parser.add_argument("--max-tokens", type=int, default=128)
-    parser.add_argument("--weights", choices=sorted(CHAT_MODEL_FILES), default="int4")
+    parser.add_argument("--weights", choices=CHAT_WEIGHTS, default="int4")
     parser.add_argument("--systems", default="stack,engine,ort-genai")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -328,7 +335,7 @@ async def main() -> None:
     template = ChatTemplate(record.chat_template, tokenizer.special_tokens)
     builders = {
         "stack": lambda: StackUnderTest(args.weights),
-        "engine": lambda: EngineUnderTest(artifact_dir, args.weights, template),
+        "engine": lambda: EngineUnderTest(artifact_dir, record.graph, args.weights, template),
         "ort-genai": lambda: OrtGenaiUnderTest(args.weights, template),
     }
     rows = []

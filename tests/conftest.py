@@ -4,6 +4,7 @@ in-process gRPC servers on free ports, and the whole stack started as a user sta
 from __future__ import annotations
 
 import asyncio
+import shutil
 import signal
 import subprocess
 import sys
@@ -62,6 +63,62 @@ def embedding_model(cache_dir: Path) -> ModelRecord:
         ModelKind.EMBEDDING,
         minilm_checkpoint(),
         progress=lambda stage, fraction: None,
+    )
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def tiny_checkpoint_of(model, out: Path, chat_model: ModelRecord) -> Path:
+    """`model` saved with SmolLM2's tokenizer and chat template: a real HF checkpoint."""
+    model.save_pretrained(out)
+    artifact = Path(chat_model.artifact_dir)
+    for name in (*TOKENIZER_FILES, "chat_template.jinja"):
+        shutil.copy(artifact / name, out / name)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, chat_model) -> Path:
+    """A two-layer Llama (the model builder's; GQA graphs) that exports in seconds."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=256,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    return tiny_checkpoint_of(
+        LlamaForCausalLM(config), tmp_path_factory.mktemp("tiny-llama"), chat_model
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_checkpoint(tmp_path_factory, chat_model) -> Path:
+    """A two-layer GPT-2, an architecture the model builder lacks: optimum exports it."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(
+        vocab_size=49152,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        n_positions=256,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    return tiny_checkpoint_of(
+        GPT2LMHeadModel(config), tmp_path_factory.mktemp("tiny-gpt2"), chat_model
     )
 
 

@@ -1,11 +1,10 @@
-"""Registry: the SQLite store, model import (real optimum export) and the CLI."""
+"""Registry: the SQLite store, model import (real exports) and the CLI."""
 
 from __future__ import annotations
 
 import logging
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,46 +23,23 @@ from services.common.errors import (
 )
 from services.common.records import (
     EndpointUsage,
+    GraphKind,
     ModelKind,
+    ModelRecord,
     ServingRecord,
     SourceFormat,
     UsageQuery,
     UsageRecord,
     UsageStatus,
+    chat_model_file,
 )
 from services.common.rpc import service_name, start_server
+from services.registry.exporter import BUILD_STAGE
 from services.registry.importer import ModelImporter
 from services.registry.servicer import RegistryServicer
 from services.registry.store import RegistryStore
 
 REPO = Path(__file__).resolve().parent.parent
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-
-
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory, chat_model) -> Path:
-    """A two-layer Llama with SmolLM2's tokenizer: a real HF checkpoint that exports in seconds."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    out = tmp_path_factory.mktemp("tiny-llama")
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=49152,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=256,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    LlamaForCausalLM(config).save_pretrained(out)
-    artifact = Path(chat_model.artifact_dir)
-    for name in (*TOKENIZER_FILES, "chat_template.jinja"):
-        shutil.copy(artifact / name, out / name)
-    return out
 
 
 def test_models_and_servings_persist_across_reopen(tmp_path, chat_model):
@@ -92,6 +68,50 @@ def test_models_and_servings_persist_across_reopen(tmp_path, chat_model):
     assert reopened.list_models(ModelKind.CHAT) == []
 
 
+def _graph_record(graph: GraphKind, name: str = "m") -> ModelRecord:
+    return ModelRecord(
+        name=name,
+        kind=ModelKind.CHAT,
+        source="/src.gguf",
+        source_format=SourceFormat.GGUF,
+        source_sha256="f00",
+        artifact_dir="/a",
+        chat_template="{{ messages }}",
+        context_length=2048,
+        created_at_unix_ms=7,
+        graph=graph,
+    )
+
+
+@pytest.mark.parametrize("graph", list(GraphKind))
+def test_the_graph_kind_survives_the_proto_and_the_store(tmp_path, graph):
+    pb = _graph_record(graph).to_pb()
+    assert registry_pb2.GraphKind.Name(pb.graph) == f"GRAPH_KIND_{graph.name}"
+    wire = registry_pb2.Model.FromString(pb.SerializeToString())
+    assert ModelRecord.from_pb(wire) == _graph_record(graph)
+
+    store = RegistryStore(tmp_path / "registry.db")
+    store.add_model(_graph_record(graph))
+    store.close()
+    store = RegistryStore(tmp_path / "registry.db")
+    assert store.get_model("m") == _graph_record(graph)
+    assert store.list_models(ModelKind.CHAT) == [_graph_record(graph)]
+    store.close()
+
+
+def test_a_model_message_without_a_graph_kind_is_an_optimum_export():
+    pb = _graph_record(GraphKind.GQA).to_pb()
+    pb.ClearField("graph")
+    assert ModelRecord.from_pb(pb).graph is GraphKind.OPTIMUM
+
+
+def test_chat_model_files_by_graph_and_weights():
+    assert chat_model_file(GraphKind.GQA, "int4") == "gqa-int4/model.onnx"
+    assert chat_model_file(GraphKind.GQA, "fp32") == "gqa-fp32/model.onnx"
+    assert chat_model_file(GraphKind.OPTIMUM, "int4") == "model.int4.onnx"
+    assert chat_model_file(GraphKind.OPTIMUM, "fp32") == "model.onnx"
+
+
 def test_serving_for_unknown_model_is_not_found(tmp_path):
     store = RegistryStore(tmp_path / "registry.db")
     with pytest.raises(NotFound):
@@ -103,7 +123,8 @@ def test_default_model_import_records_template_context_and_eos(chat_model):
     assert "<|im_start|>" in chat_model.chat_template
     assert chat_model.context_length == 8192
     artifact = Path(chat_model.artifact_dir)
-    assert (artifact / "model.onnx").stat().st_size > 400_000_000
+    # The graphs themselves: tests/test_exporter.py.
+    assert (artifact / chat_model_file(chat_model.graph, "fp32")).exists()
     config = (artifact / "tokenizer_config.json").read_text()
     assert '"eos_token": "<|im_end|>"' in config
 
@@ -189,7 +210,7 @@ async def test_cancelled_import_holds_the_lock_until_its_export_child_exits(
             first = registry.ImportModel(request("tiny"))
             async for response in first:
                 # Reported by the export child, so it runs.
-                if response.stage == "exporting to ONNX and validating":
+                if response.stage == BUILD_STAGE.format(weights="int4"):
                     break
             [export_pid] = map(int, re.findall(r"\(pid (\d+)\)", caplog.text))
             assert running(export_pid)
@@ -231,7 +252,7 @@ def test_cli_imports_lists_and_removes(tmp_path, tiny_checkpoint, cache_dir):
         return result.stdout
 
     assert "imported tiny-cli" in cli("import", "tiny-cli", str(tiny_checkpoint))
-    assert "tiny-cli" in cli("list")
+    assert re.search(r"tiny-cli .* graph=gqa ", cli("list"))
     assert "removed tiny-cli" in cli("remove", "tiny-cli")
     assert "tiny-cli" not in cli("list")
 

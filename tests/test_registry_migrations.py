@@ -5,6 +5,7 @@ as a new database."""
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from alembic.script import ScriptDirectory
 
 from services.common.domain import SamplingParams
 from services.common.records import (
+    GraphKind,
     Limits,
     ModelKind,
     ModelRecord,
@@ -135,6 +137,7 @@ def test_database_from_before_migrations_is_stamped_and_keeps_rows(tmp_path, hea
     store = RegistryStore(path)
 
     assert store.get_model("old-chat").source_sha256 == "abc123"
+    assert store.get_model("old-chat").graph is GraphKind.OPTIMUM
     serving = store.get_serving(1)
     assert serving.moderation == ModerationPolicy(True, ("secret",), ModerationAction.WITHHOLD)
     assert (serving.limits.requests_per_minute, serving.limits.max_concurrent_requests) == (60, 2)
@@ -150,6 +153,30 @@ def test_database_from_before_migrations_is_stamped_and_keeps_rows(tmp_path, hea
     )
     assert (record.prompt_tokens, record.completion_tokens) == (12, 7)
     assert record.endpoint == "/v1/chat/completions"
+    store.close()
+
+    assert version(path) == HEAD
+    assert schema(path) == head_schema
+
+
+def test_0003_records_the_models_of_a_0002_database_as_optimum_exports(tmp_path, head_schema):
+    path = tmp_path / "registry.db"
+    upgrade_schema(sa.URL.create("sqlite", database=str(path)), "0002")
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute(
+            "INSERT INTO models VALUES (?,?,?,?,?,?,?,?,?,?)",
+            ("old-chat", 1, "/src.gguf", 1, "abc", "/a", "{{ m }}", 2048, "{}", 1),
+        )
+    conn.close()
+
+    store = RegistryStore(path)
+    assert store.get_model("old-chat").graph is GraphKind.OPTIMUM
+    new = ModelRecord(
+        "new-chat", ModelKind.CHAT, "/b.gguf", SourceFormat.GGUF, "def", "/b", "{{ m }}", 8192
+    )
+    store.add_model(replace(new, graph=GraphKind.GQA))
+    assert store.get_model("new-chat").graph is GraphKind.GQA
     store.close()
 
     assert version(path) == HEAD

@@ -10,8 +10,8 @@ from llmserve.common.v1 import common_pb2
 from llmserve.registry.v1 import registry_pb2
 from services.common.domain import SamplingParams
 
-# Weight variants of an exported chat model inside its artifact directory.
-CHAT_MODEL_FILES = {"fp32": "model.onnx", "int4": "model.int4.onnx"}
+# Weight variants of an exported chat model; chat_model_file() says where each one lives.
+CHAT_WEIGHTS = ("fp32", "int4")
 
 
 class ModelKind(enum.IntEnum):
@@ -22,6 +22,27 @@ class ModelKind(enum.IntEnum):
 class SourceFormat(enum.IntEnum):
     GGUF = registry_pb2.SOURCE_FORMAT_GGUF
     HF_DIRECTORY = registry_pb2.SOURCE_FORMAT_HF_DIRECTORY
+
+
+class GraphKind(enum.IntEnum):
+    """The decoder graph a chat model was exported to (registry.proto's GraphKind)."""
+
+    # optimum's text-generation-with-past graph, logits of the last position only.
+    OPTIMUM = registry_pb2.GRAPH_KIND_OPTIMUM
+    # onnxruntime-genai's model builder: GroupQueryAttention, logits of every position.
+    GQA = registry_pb2.GRAPH_KIND_GQA
+
+
+_CHAT_MODEL_FILES = {
+    GraphKind.OPTIMUM: {"fp32": "model.onnx", "int4": "model.int4.onnx"},
+    GraphKind.GQA: {"fp32": "gqa-fp32/model.onnx", "int4": "gqa-int4/model.onnx"},
+}
+
+
+def chat_model_file(graph: GraphKind, weights: str) -> str:
+    """Path of a chat model's graph with `weights` ("fp32" or "int4"), relative to its
+    artifact directory."""
+    return _CHAT_MODEL_FILES[graph][weights]
 
 
 @dataclass(frozen=True)
@@ -36,6 +57,7 @@ class ModelRecord:
     context_length: int
     default_sampling: SamplingParams = field(default_factory=SamplingParams)
     created_at_unix_ms: int = 0
+    graph: GraphKind = GraphKind.OPTIMUM
 
     @classmethod
     def from_pb(cls, pb: registry_pb2.Model) -> ModelRecord:
@@ -50,6 +72,8 @@ class ModelRecord:
             context_length=pb.context_length,
             default_sampling=SamplingParams.from_pb(pb.default_sampling),
             created_at_unix_ms=pb.created_at_unix_ms,
+            # UNSPECIFIED: a registry from before graph kinds, whose exports were all optimum's.
+            graph=GraphKind(pb.graph or GraphKind.OPTIMUM),
         )
 
     def to_pb(self) -> registry_pb2.Model:
@@ -64,6 +88,7 @@ class ModelRecord:
             context_length=self.context_length,
             default_sampling=self.default_sampling.to_pb(),
             created_at_unix_ms=self.created_at_unix_ms,
+            graph=int(self.graph),
         )
 
 

@@ -105,7 +105,8 @@ def run(args: argparse.Namespace, store: RegistryStore, importer: ModelImporter)
         for model in store.list_models():
             print(
                 f"model   {model.name:32} {model.kind.name.lower():9} "
-                f"ctx={model.context_length:<6} {model.artifact_dir}"
+                f"ctx={model.context_length:<6} graph={model.graph.name.lower():7} "
+                f"{model.artifact_dir}"
             )
         for serving in store.list_servings():
             print(f"serving {serving.id:<32} model={serving.model} name={serving.name}")

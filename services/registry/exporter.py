@@ -1,7 +1,17 @@
-"""Exports a GGUF file or Hugging Face checkpoint directory to ONNX with optimum.
+"""Exports a GGUF file or Hugging Face checkpoint directory to ONNX.
+
+Chat models export to the graph the preflight chose (services/registry/preflight.py):
+- GQA: onnxruntime-genai's model builder, run twice from the checkpoint (a GGUF file is
+  dequantized to one first), writes gqa-int4/ and gqa-fp32/, each with model.onnx, its
+  weights in model.onnx.data and the builder's genai_config.json;
+- OPTIMUM: optimum's text-generation-with-past export, sliced to last-position logits
+  (model.onnx) and quantized to int4 (model.int4.onnx).
+Embedding models export with optimum's feature-extraction task (model.onnx). Either way the
+tokenizer, config.json, generation_config.json and chat template lie at the artifact's root,
+and manifest.json records the recipe and the graph.
 
 Runs as a child process of the registry so torch and the fp32 weights leave memory when the
-export ends:  python -m services.registry.exporter SOURCE FORMAT KIND OUT
+export ends:  python -m services.registry.exporter SOURCE FORMAT KIND GRAPH OUT
 Progress goes to stdout as lines starting with PROGRESS_PREFIX and a JSON object.
 """
 
@@ -15,11 +25,15 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from services.common.records import CHAT_MODEL_FILES, ModelKind, SourceFormat
+from services.common.records import GraphKind, ModelKind, SourceFormat, chat_model_file
 
 PROGRESS_PREFIX = "@@progress "
 # Bump when the export recipe changes: it is part of the cache key.
-EXPORT_RECIPE = "optimum-onnx-0.1.0/fp32+int4/last-position-logits/2"
+EXPORT_RECIPE = "ort-genai-0.11.4/gqa-int4+fp32|optimum-onnx-0.1.0/fp32+int4/last-logits/3"
+# What each gqa-*/ folder keeps of the builder's output.
+GQA_GRAPH_FILES = ("model.onnx", "model.onnx.data", "genai_config.json")
+# The stage the export child reports as the builder starts on one weight variant.
+BUILD_STAGE = "building the {weights} GroupQueryAttention graph (onnxruntime-genai)"
 ONNX_TASKS = {
     ModelKind.CHAT: "text-generation-with-past",
     ModelKind.EMBEDDING: "feature-extraction",
@@ -66,35 +80,81 @@ def _write_variants(onnx_dir: Path, progress: Progress) -> None:
 
     from services.registry.graph import last_position_logits, quantize_int4, save
 
+    fp32 = onnx_dir / chat_model_file(GraphKind.OPTIMUM, "fp32")
     progress("slicing logits to the last position", 0.8)
-    model = last_position_logits(onnx.load(onnx_dir / CHAT_MODEL_FILES["fp32"]))
-    save(model, onnx_dir / CHAT_MODEL_FILES["fp32"])
+    model = last_position_logits(onnx.load(fp32))
+    save(model, fp32)
     progress("quantizing weights to int4", 0.9)
-    save(quantize_int4(model), onnx_dir / CHAT_MODEL_FILES["int4"])
+    save(quantize_int4(model), onnx_dir / chat_model_file(GraphKind.OPTIMUM, "int4"))
+
+
+def _export_optimum(checkpoint: Path, kind: ModelKind, onnx_dir: Path, progress: Progress):
+    from optimum.exporters.onnx import main_export
+
+    progress("exporting to ONNX and validating", 0.45)
+    main_export(
+        model_name_or_path=str(checkpoint),
+        output=onnx_dir,
+        task=ONNX_TASKS[kind],
+        local_files_only=True,
+    )
+    if kind is ModelKind.CHAT:
+        _write_variants(onnx_dir, progress)
+
+
+def _export_gqa(checkpoint: Path, onnx_dir: Path, scratch: Path, progress: Progress) -> None:
+    """Both weight variants with onnxruntime-genai's model builder (its default int4: RTN,
+    block size 32, symmetric, accuracy level 4 on the CPU), the tokenizer and config beside."""
+    from onnxruntime_genai.models.builder import create_model
+    from transformers import AutoConfig, AutoTokenizer
+
+    for weights, fraction in (("int4", 0.45), ("fp32", 0.7)):
+        progress(BUILD_STAGE.format(weights=weights), fraction)
+        graph_dir = onnx_dir / Path(chat_model_file(GraphKind.GQA, weights)).parent
+        create_model(
+            model_name=None,
+            input_path=str(checkpoint),
+            output_dir=str(graph_dir),
+            precision=weights,
+            execution_provider="cpu",
+            cache_dir=str(scratch / f"builder-{weights}"),
+            # A local checkpoint: no Hugging Face token, none of its remote code.
+            hf_token="false",
+            hf_remote=False,
+        )
+        # The builder also copies the tokenizer beside each graph: the root has it once (and a
+        # GGUF's tokenizer.model is the whole GGUF file again).
+        for path in graph_dir.iterdir():
+            if path.name not in GQA_GRAPH_FILES:
+                path.unlink()
+    # What optimum's export writes at the root, where the services read it.
+    progress("saving the tokenizer and config", 0.95)
+    AutoTokenizer.from_pretrained(checkpoint).save_pretrained(onnx_dir)
+    AutoConfig.from_pretrained(checkpoint).save_pretrained(onnx_dir)
 
 
 def export(
-    source: Path, source_format: SourceFormat, kind: ModelKind, out: Path, progress: Progress
+    source: Path,
+    source_format: SourceFormat,
+    kind: ModelKind,
+    graph: GraphKind,
+    out: Path,
+    progress: Progress,
 ):
-    """Writes the ONNX model with its tokenizer and configs into `out`, atomically."""
-    from optimum.exporters.onnx import main_export
-
+    """Writes the ONNX graphs with their tokenizer and configs into `out`, atomically."""
+    if kind is ModelKind.EMBEDDING and graph is not GraphKind.OPTIMUM:
+        raise ValueError("embedding models export with optimum only")
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".export-") as tmp:
         tmp_path = Path(tmp)
         checkpoint = source
         if source_format is SourceFormat.GGUF:
             checkpoint = _gguf_to_checkpoint(source, tmp_path / "checkpoint", progress)
-        progress("exporting to ONNX and validating", 0.45)
         onnx_dir = tmp_path / "onnx"
-        main_export(
-            model_name_or_path=str(checkpoint),
-            output=onnx_dir,
-            task=ONNX_TASKS[kind],
-            local_files_only=True,
-        )
-        if kind is ModelKind.CHAT:
-            _write_variants(onnx_dir, progress)
+        if graph is GraphKind.GQA:
+            _export_gqa(checkpoint, onnx_dir, tmp_path, progress)
+        else:
+            _export_optimum(checkpoint, kind, onnx_dir, progress)
         # optimum copies tokenizer files but not a separate chat_template.jinja.
         for extra in (
             "chat_template.jinja",
@@ -105,7 +165,14 @@ def export(
                 (onnx_dir / extra).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy(checkpoint / extra, onnx_dir / extra)
         (onnx_dir / "manifest.json").write_text(
-            json.dumps({"recipe": EXPORT_RECIPE, "source": str(source), "kind": kind.name})
+            json.dumps(
+                {
+                    "recipe": EXPORT_RECIPE,
+                    "source": str(source),
+                    "kind": kind.name,
+                    "graph": graph.name,
+                }
+            )
         )
         try:
             onnx_dir.rename(out)
@@ -117,7 +184,7 @@ def export(
 
 
 def main(argv: list[str]) -> None:
-    source, source_format, kind, out = argv
+    source, source_format, kind, graph, out = argv
     # A cancelled import terminates this process: exit through Python, so the temporary
     # directory (gigabytes, for a large model) is removed rather than left in the cache.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
@@ -125,7 +192,14 @@ def main(argv: list[str]) -> None:
     def report(stage: str, fraction: float) -> None:
         print(PROGRESS_PREFIX + json.dumps({"stage": stage, "progress": fraction}), flush=True)
 
-    export(Path(source), SourceFormat[source_format], ModelKind[kind], Path(out), report)
+    export(
+        Path(source),
+        SourceFormat[source_format],
+        ModelKind[kind],
+        GraphKind[graph],
+        Path(out),
+        report,
+    )
 
 
 if __name__ == "__main__":

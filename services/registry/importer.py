@@ -16,9 +16,9 @@ from pathlib import Path
 
 from services.common.domain import SamplingParams
 from services.common.errors import Cancelled, Internal, InvalidArgument
-from services.common.records import ModelKind, ModelRecord, SourceFormat
+from services.common.records import GraphKind, ModelKind, ModelRecord, SourceFormat
 from services.registry.exporter import EXPORT_RECIPE, PROGRESS_PREFIX, Progress
-from services.registry.preflight import check_chat_source
+from services.registry.preflight import plan_chat_export
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +96,12 @@ def read_metadata(artifact_dir: Path) -> tuple[str, int, SamplingParams]:
     return chat_template, context_length, sampling
 
 
+def read_graph(artifact_dir: Path) -> GraphKind:
+    """The graph an export wrote, from its manifest."""
+    manifest = json.loads((artifact_dir / "manifest.json").read_text())
+    return GraphKind[manifest["graph"]]
+
+
 class ImportCancellation:
     """Cancels one import from another thread: its export child, running or not yet started,
     is stopped, and cancel() returns only once no child of this import runs."""
@@ -159,10 +165,13 @@ class ModelImporter:
         source_format = source_format or infer_format(source)
         if kind is ModelKind.EMBEDDING and source_format is SourceFormat.GGUF:
             raise InvalidArgument("Embedding models import from checkpoint directories only.")
-        if kind is ModelKind.CHAT:
-            check_chat_source(source, source_format)
+        # A chat source's architecture decides its graph, before anything is hashed or exported.
+        plan = plan_chat_export(source, source_format) if kind is ModelKind.CHAT else None
+        graph = plan.graph if plan else GraphKind.OPTIMUM
         progress("hashing source", 0.0)
         source_sha256 = hash_source(source)
+        if plan:
+            progress(plan.describe(), 0.0)
         artifact_dir = self.artifact_dir_for(source_sha256, kind)
         if (artifact_dir / "manifest.json").exists():
             logger.info("reusing cached export %s", artifact_dir)
@@ -171,6 +180,7 @@ class ModelImporter:
                 source,
                 source_format,
                 kind,
+                graph,
                 artifact_dir,
                 progress,
                 cancellation or ImportCancellation(),
@@ -189,6 +199,8 @@ class ModelImporter:
             chat_template=chat_template,
             context_length=context_length or native_context,
             default_sampling=(default_sampling or SamplingParams()).with_defaults(sampling),
+            # What the export wrote (the same as `graph` unless the tables changed since).
+            graph=read_graph(artifact_dir),
         )
 
     def _export(
@@ -196,6 +208,7 @@ class ModelImporter:
         source: Path,
         source_format: SourceFormat,
         kind: ModelKind,
+        graph: GraphKind,
         artifact_dir: Path,
         progress: Progress,
         cancellation: ImportCancellation,
@@ -207,6 +220,7 @@ class ModelImporter:
             str(source),
             source_format.name,
             kind.name,
+            graph.name,
             str(artifact_dir),
         ]
         child = cancellation.start_export(command)

@@ -24,6 +24,7 @@ from services.common.errors import AlreadyExists, FailedPrecondition, NotFound, 
 from services.common.records import (
     ApiKeyRecord,
     EndpointUsage,
+    GraphKind,
     Limits,
     ModelKind,
     ModelRecord,
@@ -39,6 +40,19 @@ from services.registry.migrations import upgrade_schema
 
 # Secrets look like OpenAI keys; the prefix lets scanners recognise leaked ones.
 SECRET_PREFIX = "sk-llms-"
+_MODEL_COLUMNS = (
+    "name",
+    "kind",
+    "source",
+    "source_format",
+    "source_sha256",
+    "artifact_dir",
+    "chat_template",
+    "context_length",
+    "default_sampling",
+    "created_at_unix_ms",
+    "graph",
+)
 _USAGE_COLUMNS = (
     "request_id",
     "created_at_unix_ms",
@@ -106,7 +120,8 @@ class RegistryStore:
         model = _with_created(model)
         try:
             self._write(
-                "INSERT INTO models VALUES (?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT INTO models ({','.join(_MODEL_COLUMNS)})"
+                f" VALUES ({','.join('?' * len(_MODEL_COLUMNS))})",
                 (
                     model.name,
                     int(model.kind),
@@ -118,6 +133,7 @@ class RegistryStore:
                     model.context_length,
                     json.dumps(model.default_sampling.to_dict()),
                     model.created_at_unix_ms,
+                    int(model.graph),
                 ),
             )
         except sqlite3.IntegrityError as error:
@@ -322,6 +338,7 @@ def _model_from_row(row: sqlite3.Row) -> ModelRecord:
         context_length=row["context_length"],
         default_sampling=SamplingParams.from_dict(json.loads(row["default_sampling"])),
         created_at_unix_ms=row["created_at_unix_ms"],
+        graph=GraphKind(row["graph"]),
     )
 
 
