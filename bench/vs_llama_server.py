@@ -14,7 +14,11 @@ completions, greedy, `ignore_eos`, a fixed `max_tokens`. Measured for each syste
      messages; the first request, and the median of the next 4 (what a prefix cache saves);
   4. aggregate tokens/s with 8 and 16 concurrent streams of 128 new tokens, distinct short
      prompts: all tokens / (last token - first request sent), median of 3;
-  5. resident memory after the runs: llama-server's process, the stack's generation process
+  5. inter-token latency of running streams while a long prompt arrives: ITL_STREAMS streams
+     decode; once each has ITL_WARM_TOKENS tokens a cold ~4.3k-token prompt is sent; p95 of
+     the running streams' gaps between tokens from then until its first token, against the
+     p95 before it arrived (what chunked prefill protects);
+  6. resident memory after the runs: llama-server's process, the stack's generation process
      (the launcher's child running `services.generation`) and, for context, the whole stack.
 
 This machine is shared, so: requests alternate between the systems one measurement at a time,
@@ -84,6 +88,11 @@ SHARED_SYSTEM_TOKENS = 2048
 FOLLOW_UPS = 4
 # Enough tokens that a TTFT is not cut short by the end of the reply.
 SHARED_MAX_TOKENS = 8
+ITL_STREAMS = 4
+ITL_WARM_TOKENS = 16
+# Long enough to outlast the long prompt's prefill on both systems.
+ITL_STREAM_TOKENS = 512
+ITL_LONG_PROMPT = 4300
 # Before each measured request: wait until other processes use fewer cores than this, for at
 # most this long (then measure anyway, and count it).
 QUIET_CORES = 0.3
@@ -200,7 +209,15 @@ class Server:
                 raise RuntimeError(f"{self.name} did not start:\n{self.log.read_text()[-4000:]}")
             time.sleep(0.5)
 
-    async def chat(self, client: httpx.AsyncClient, messages: list[dict], max_tokens: int) -> Reply:
+    async def chat(
+        self,
+        client: httpx.AsyncClient,
+        messages: list[dict],
+        max_tokens: int,
+        reply: Reply | None = None,
+    ) -> Reply:
+        """Streams one completion into `reply` (a fresh one if None), which the caller may
+        watch as chunks arrive."""
         body = {
             "model": self.model,
             "messages": messages,
@@ -210,7 +227,7 @@ class Server:
             "stream": True,
             "stream_options": {"include_usage": True},
         }
-        reply = Reply(time.perf_counter())
+        reply = reply or Reply(time.perf_counter())
         url = f"{self.base_url}/v1/chat/completions"
         async with client.stream("POST", url, json=body, headers=self.headers) as response:
             response.raise_for_status()
@@ -517,6 +534,54 @@ class Bench:
         for name, value in rate.items():
             self.concurrency_curve[name].append((streams, value))
 
+    async def itl_under_long_prompt(self, client: httpx.AsyncClient) -> None:
+        """p95 inter-token gap of running streams before and while a long prompt is prefilled."""
+
+        async def measure(server: Server) -> tuple[float, float]:
+            started = time.perf_counter()
+            watched = [Reply(started) for _ in range(ITL_STREAMS)]
+            replies = [
+                asyncio.ensure_future(server.chat(client, m, ITL_STREAM_TOKENS, reply))
+                for m, reply in zip(self.maker.short_users(ITL_STREAMS), watched, strict=True)
+            ]
+            while not all(len(r.token_times) >= ITL_WARM_TOKENS for r in watched):
+                if time.perf_counter() - started > 120:
+                    raise RuntimeError(f"{server.name}: streams did not start")
+                await asyncio.sleep(0.01)
+            arrived = time.perf_counter()
+            long = await server.chat(client, self.maker.long_user(ITL_LONG_PROMPT), 1)
+            prefilled = long.token_times[0]
+            done = await asyncio.gather(*replies)
+            before, during = [], []
+            for reply in done:
+                gaps = zip(reply.token_times, reply.token_times[1:], strict=False)
+                for previous, current in gaps:
+                    if current <= arrived:
+                        before.append(current - previous)
+                    elif previous < prefilled:
+                        during.append(current - previous)
+            return _p95(before), _p95(during)
+
+        results, loads = {}, []
+        for server in self.servers:
+            results[server.name], cores = await self.clean(lambda s=server: measure(s))
+            loads.append(cores)
+        where = f"{ITL_STREAMS} streams"
+        self.add(
+            f"ITL p95, {where}, before a long prompt arrives",
+            "s",
+            {name: r[0] for name, r in results.items()},
+            max(loads),
+            lower_is="faster",
+        )
+        self.add(
+            f"ITL p95, {where}, while a {ITL_LONG_PROMPT}-token prompt is prefilled",
+            "s",
+            {name: r[1] for name, r in results.items()},
+            max(loads),
+            lower_is="faster",
+        )
+
     def memory(self) -> None:
         readings = {server.name: server.memory_mib() for server in self.servers}
         self.add(
@@ -539,7 +604,12 @@ class Bench:
             await self.shared_system(client)
             for streams in self.plan.concurrency:
                 await self.concurrent(client, streams)
+            await self.itl_under_long_prompt(client)
         self.memory()
+
+
+def _p95(values: list[float]) -> float:
+    return statistics.quantiles(values, n=20)[-1] if len(values) > 1 else float("nan")
 
 
 # Report

@@ -8,6 +8,7 @@ import pytest
 
 from services.common.domain import DEFAULT_N_PREDICT, SamplingParams
 from services.generation.engine import FinishReason, GenerationEngine
+from services.generation.kv_slots import KvSlots
 from services.generation.sampler import ResolvedSampling, Sampler
 from services.generation.stop import StopStringMatcher
 
@@ -75,16 +76,16 @@ class ScriptedModel:
     def __init__(self, reply: list[int]):
         self.reply = reply
 
-    def empty_cache(self, batch_size: int) -> list[np.ndarray]:
-        return [np.zeros((batch_size, 1, 0, 1), np.float32)]
+    def allocate(self, slots: int, max_len: int) -> KvSlots:
+        return KvSlots(1, 1, 1, slots, max_len, np.float32)
 
-    def forward(self, input_ids, attention_mask, position_ids, cache):
+    def forward(self, kv, first, input_ids, past_lengths):
         batch, new = input_ids.shape
-        grown = [np.concatenate([a, np.zeros((batch, 1, new, 1), np.float32)], 2) for a in cache]
         logits = np.zeros((batch, len(VOCAB)), np.float32)
-        for row, position in enumerate(position_ids[:, -1]):
-            logits[row, self.reply[position + 1 - len(PROMPT)]] = 1.0
-        return logits, grown
+        for row, past in enumerate(past_lengths):
+            last_position = past + new - 1
+            logits[row, self.reply[last_position + 1 - len(PROMPT)]] = 1.0
+        return logits
 
 
 async def scripted_reply(reply: list[int], **sampling) -> tuple[str, FinishReason]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from services.common.domain import ChatMessage, SamplingParams
 from services.common.errors import ContextLengthExceeded, InvalidArgument
 from services.common.lazy_models import LazyModels
-from services.common.records import CHAT_MODEL_FILES, ModelKind, ModelRecord
+from services.common.records import ModelKind, ModelRecord, chat_model_file
 from services.generation.chat_template import ChatTemplate
 from services.generation.engine import GenerationEngine
 from services.generation.metrics import EngineMetrics
@@ -115,7 +115,7 @@ class ModelPool:
     def _build(self, record: ModelRecord) -> LoadedModel:
         artifact_dir = Path(record.artifact_dir)
         tokenizer = TextTokenizer(artifact_dir)
-        model_path = artifact_dir / CHAT_MODEL_FILES[self._weights]
+        model_path = artifact_dir / chat_model_file(record.graph, self._weights)
         model = OnnxCausalLM(model_path, self._providers, self._intra_op_threads)
         engine = GenerationEngine(
             model,

@@ -68,3 +68,17 @@ def save(model: onnx.ModelProto, path: Path) -> None:
     # Under protobuf's 2 GB limit for the small models this platform bundles; larger models
     # would need external data.
     onnx.save_model(model, str(path))
+
+
+def save_with_data(model: onnx.ModelProto, path: Path) -> None:
+    """Saves the graph as `path` and its weights as `path`.data beside it (replaced)."""
+    data = path.with_name(path.name + ".data")
+    # onnx appends to an existing data file: start from none.
+    data.unlink(missing_ok=True)
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=data.name,
+    )
