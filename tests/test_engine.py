@@ -23,8 +23,14 @@ def prompt(loaded, text: str) -> list[int]:
 
 
 async def run(loaded, prompt_ids, **sampling):
-    params = ResolvedSampling.resolve(SamplingParams(**sampling), max_new_tokens=4096)
-    events = [event async for event in loaded.engine.generate(prompt_ids, [params])]
+    return await run_on(loaded.engine, prompt_ids, **sampling)
+
+
+async def run_on(engine, prompt_ids, temperature=0.0, **sampling):
+    params = ResolvedSampling.resolve(
+        SamplingParams(temperature=temperature, **sampling), max_new_tokens=4096
+    )
+    events = [event async for event in engine.generate(prompt_ids, [params])]
     text = "".join(e.text for e in events)
     tokens = [t for e in events for t in e.token_ids]
     return text, tokens, events
@@ -225,5 +231,32 @@ async def test_a_burst_of_long_prompts_waits_for_slots_or_is_refused_never_overr
         # Growth is bounded by the two slots and the prefill scratch, whatever the burst.
         grown = resident_bytes() - before
         assert grown < engine.kv.capacity_bytes + 400 * 2**20
+    finally:
+        engine.close()
+
+
+async def test_a_prompt_prefilled_beside_running_streams_gives_its_own_tokens(loaded_chat_model):
+    """A long prompt is prefilled chunk by chunk into a slot between two decoding sequences'
+    slots, so decode runs pass over it mid-prefill; no one's tokens may change."""
+    model, tokenizer = loaded_chat_model.engine.model, loaded_chat_model.tokenizer
+    long = prompt(loaded_chat_model, "Summarize: " + "the tide comes in and goes out. " * 12)
+    short = prompt(loaded_chat_model, "Write a haiku about autumn leaves falling in a quiet park.")
+    engine = GenerationEngine(model, tokenizer, 1024, kv_slots=3, max_prefill_tokens=16)
+    sampling = {"temperature": 0.0, "max_tokens": 60, "ignore_eos": True}
+    params = [ResolvedSampling.resolve(SamplingParams(**sampling), 4096)]
+    try:
+        _, long_alone, _ = await run_on(engine, long, max_tokens=12)
+        _, short_alone, _ = await run_on(engine, short, **sampling)
+        # One at a time, so they take slots 0, 1 and 2.
+        streams = [engine.generate(short, params) for _ in range(3)]
+        firsts = [await anext(stream) for stream in streams]
+        await streams[1].aclose()
+        # Slot 1, once the worker frees it, is the only one: the long prompt takes it,
+        # between the running sequences.
+        _, long_between, _ = await run_on(engine, long, max_tokens=12)
+        assert long_between == long_alone
+        for index in (0, 2):
+            rest = [t async for event in streams[index] for t in event.token_ids]
+            assert firsts[index].token_ids + rest == short_alone
     finally:
         engine.close()

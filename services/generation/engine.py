@@ -384,15 +384,21 @@ class GenerationEngine:
     def _decode(self) -> None:
         """One token for every decoding sequence, in one run over the slot range they span.
 
-        Other slots in that range (free, or mid-prefill) ride along with a pad token written
-        just past their entries, where their next write lands anyway; their logits are unused.
+        Other slots in that range ride along as empty rows with a pad token; their logits are
+        unused. A slot mid-prefill among them keeps its entries: the one entry the pad token
+        overwrites (its first) is put back after the run.
         """
-        slots = [s.slot for s in self._decoding]
-        first, end = min(slots), max(slots) + 1
+        decoding = {s.slot: s for s in self._decoding}
+        first, end = min(decoding), max(decoding) + 1
         input_ids = np.full((end - first, 1), self.tokenizer.pad_token_id, np.int64)
-        for sequence in self._decoding:
-            input_ids[sequence.slot - first, 0] = sequence.last_token
-        logits = self.model.forward(self.kv, first, input_ids, self.kv.lengths[first:end])
+        past_lengths = self.kv.lengths[first:end].copy()
+        for slot, sequence in decoding.items():
+            input_ids[slot - first, 0] = sequence.last_token
+        riders = [slot for slot in range(first, end) if slot not in decoding]
+        past_lengths[[slot - first for slot in riders]] = 0
+        kept = self.kv.first_entries(riders)
+        logits = self.model.forward(self.kv, first, input_ids, past_lengths)
+        self.kv.restore_first_entries(riders, kept)
         self.metrics.batch_size(len(self._decoding))
         now = time.monotonic()
         for sequence in self._decoding:

@@ -64,6 +64,16 @@ class KvSlots:
             array[slot, :, : entries.shape[2]] = entries[0]
         self.lengths[slot] = cache[0].shape[2]
 
+    def first_entries(self, slots: list[int]) -> list[np.ndarray]:
+        """A copy of the slots' first entry per array (see restore_first_entries)."""
+        return [a[slots, :, 0].copy() for a in self.arrays] if slots else []
+
+    def restore_first_entries(self, slots: list[int], kept: list[np.ndarray]) -> None:
+        if not slots:
+            return
+        for array, entries in zip(self.arrays, kept, strict=True):
+            array[slots, :, 0] = entries
+
     def copy(self, source: int, target: int, tokens: int) -> None:
         """Gives `target` the first `tokens` entries of `source` (n completions of one prompt)."""
         for array in self.arrays:
