@@ -20,6 +20,11 @@ def kv(tokens: int, fill: float = 1.0) -> list[np.ndarray]:
     return [np.broadcast_to(positions * fill, (1, 2, tokens, 3)).copy() for _ in range(2)]
 
 
+def first_array(hit) -> np.ndarray:
+    """The hit's entries of the first cache array, [kv_heads, tokens, head_dim]."""
+    return np.concatenate([block[0] for block in hit.blocks], axis=1)
+
+
 def test_keys_chain_so_equal_blocks_after_different_ones_differ():
     a = block_keys([1, 2, 3, 4, 9, 9, 9, 9], BLOCK)
     b = block_keys([5, 6, 7, 8, 9, 9, 9, 9], BLOCK)
@@ -32,8 +37,8 @@ def test_lookup_returns_the_longest_whole_block_prefix_and_leaves_two_tokens_to_
     prompt = list(range(10))  # two full blocks
     cache.insert(prompt, kv(10))
     hit = cache.lookup(list(range(8)) + [99, 98])
-    assert hit.tokens == 8 and hit.cache[0].shape == (1, 2, 8, 3)
-    assert np.array_equal(hit.cache[0][0, 0, :, 0], np.arange(8))
+    assert hit.tokens == 8 and [block[0].shape for block in hit.blocks] == [(2, 4, 3)] * 2
+    assert np.array_equal(first_array(hit)[0, :, 0], np.arange(8))
     # The cached 8 tokens and one more: the last block is left to run, for the first logits
     # (a one-token chunk after a past would round differently from a cold prefill).
     assert cache.lookup(list(range(9))).tokens == 4
@@ -46,7 +51,19 @@ def test_insert_keeps_the_whole_blocks_of_the_prompt_only():
     cache.insert([1, 2, 3, 4, 5, 6], slot)
     assert cache.nbytes == sum(a[:, :, :4].nbytes for a in slot)
     hit = cache.lookup([1, 2, 3, 4, 5, 6])
-    assert np.array_equal(hit.cache[0][0, 0, :, 0], [0, 1, 2, 3])
+    assert np.array_equal(first_array(hit)[0, :, 0], [0, 1, 2, 3])
+
+
+def test_a_block_shared_by_prompts_is_stored_once():
+    cache = PrefixCache(capacity_bytes=10**6, block_tokens=BLOCK)
+    block_bytes = sum(a[:, :, :BLOCK].nbytes for a in kv(BLOCK))
+    cache.insert([1, 2, 3, 4, 5, 6, 7, 8], kv(8))
+    cache.insert([1, 2, 3, 4, 9, 9, 9, 9], kv(8, fill=2.0))
+    assert cache.nbytes == 3 * block_bytes
+    # The second prompt's first block is the first prompt's (its entries, not the new ones).
+    hit = cache.lookup([1, 2, 3, 4, 9, 9, 9, 9, 0, 0])
+    assert hit.tokens == 8
+    assert np.array_equal(first_array(hit)[0, :, 0], [0, 1, 2, 3, 8, 10, 12, 14])
 
 
 def test_capacity_evicts_the_least_recently_used():

@@ -83,6 +83,7 @@ class _Sequence:
         self.detokenizer = IncrementalDetokenizer(tokenizer, prompt_ids)
         self.stop_matcher = StopStringMatcher(params.stop)
         self.deliver = deliver
+        self.prompt_ids = prompt_ids
         self.generated: list[int] = []
         # Its KV slot, from admission on.
         self.slot = -1
@@ -299,17 +300,26 @@ class GenerationEngine:
         return taken
 
     def _admit(self, requests: list[_Request]) -> None:
-        """Gives each request its slots and starts it from the prefix cache's longest match."""
+        """Gives each request its slots and starts it from the longest start of its prompt
+        already computed: held by a free slot (taken as it is) or in the prefix cache (copied
+        into the slot)."""
         for request in requests:
             self.metrics.queue_time(time.monotonic() - request.enqueued_at)
-            for sequence in request.sequences:
+            first, *others = request.sequences
+            if self.prefix_cache is None:
+                first.slot = self.kv.acquire()
+            else:
+                most = len(request.prompt_ids) - MIN_REST
+                first.slot = self.kv.acquire(request.prompt_ids, most)
+            for sequence in others:
                 sequence.slot = self.kv.acquire()
+            request.prefilled = int(self.kv.lengths[first.slot])
             if self.prefix_cache is not None:
                 hit = self.prefix_cache.lookup(request.prompt_ids)
-                self.metrics.prefix_lookup(hit.tokens if hit else 0)
-                if hit is not None:
-                    self.kv.load(request.slot, hit.cache)
+                if hit is not None and hit.tokens > request.prefilled:
+                    self.kv.load(first.slot, hit.blocks)
                     request.prefilled = hit.tokens
+                self.metrics.prefix_lookup(request.prefilled)
             self._prefilling.append(request)
 
     def _step(self) -> None:
@@ -333,7 +343,9 @@ class GenerationEngine:
         """Gives back the slots of finished and cancelled sequences and requests."""
         for sequence in self._decoding:
             if not sequence.active:
-                self.kv.release(sequence.slot)
+                # Its prompt's entries stay for a prompt that starts alike (not the generated
+                # ones: a token decoded alone rounds unlike the same token in a prefill).
+                self.kv.release(sequence.slot, sequence.prompt_ids)
         self._decoding = [s for s in self._decoding if s.active]
         for request in self._prefilling:
             if request.cancelled:

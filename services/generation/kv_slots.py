@@ -2,7 +2,10 @@
 
 Each cache array (layer x key/value) is one [slots, kv_heads, max_len, head_dim] buffer. A
 sequence takes a slot, is prefilled into it, decodes in place and gives it back; joining and
-leaving the batch is bookkeeping here, never a copy of another sequence's entries. The bound
+leaving the batch is bookkeeping here, never a copy of another sequence's entries. A freed
+slot keeps its prompt's entries until it is reused: a request whose prompt starts the same
+way (a shared system prompt, the previous turn) takes that slot and prefills only the rest,
+copying nothing. The bound
 (slots x max_len tokens) is known up front; the pages of a slot are only touched, and so only
 resident, once a sequence has used them.
 """
@@ -12,6 +15,9 @@ from __future__ import annotations
 import heapq
 
 import numpy as np
+
+# Fewest held tokens worth taking a slot out of order for.
+MIN_REUSE = 32
 
 
 class KvSlots:
@@ -32,8 +38,11 @@ class KvSlots:
         self.bytes_per_token = num_arrays * kv_heads * head_dim * np.dtype(dtype).itemsize
         # Entries held per slot: where the slot's next token goes. A free slot holds none.
         self.lengths = np.zeros(slots, np.int64)
-        # Lowest free slot first, so that the slots in use stay packed at the start.
+        # Lowest free slot first, so that the slots in use stay packed at the start (a decode
+        # run spans them all).
         self._free = list(range(slots))
+        # Free slot -> the prompt whose entries it still holds, for a prompt that starts alike.
+        self._held: dict[int, np.ndarray] = {}
 
     @property
     def capacity_bytes(self) -> int:
@@ -43,26 +52,56 @@ class KvSlots:
     def free(self) -> int:
         return len(self._free)
 
-    def acquire(self) -> int:
-        return heapq.heappop(self._free)
+    def acquire(self, prompt_ids: list[int] | None = None, most: int = 0) -> int:
+        """A free slot: the one already holding the longest start of `prompt_ids` (up to
+        `most` tokens, at least MIN_REUSE), else the lowest. Its length says what it holds."""
+        slot, reused = self._holder_of(prompt_ids, most) if prompt_ids else (None, 0)
+        if slot is None:
+            slot = heapq.heappop(self._free)
+        else:
+            self._free.remove(slot)
+            heapq.heapify(self._free)
+        self._held.pop(slot, None)
+        self.lengths[slot] = reused
+        return slot
 
-    def release(self, slot: int) -> None:
+    def _holder_of(self, prompt_ids: list[int], most: int) -> tuple[int | None, int]:
+        prompt = np.asarray(prompt_ids[:most])
+        best, longest = None, MIN_REUSE - 1
+        for slot, held in self._held.items():
+            size = min(len(held), len(prompt))
+            differ = np.flatnonzero(held[:size] != prompt[:size])
+            common = int(differ[0]) if differ.size else size
+            if common > longest:
+                best, longest = slot, common
+        return best, (longest if best is not None else 0)
+
+    def release(self, slot: int, holding: list[int] | None = None) -> None:
+        """Frees the slot; `holding`: the prompt whose entries it keeps until reused."""
         self.lengths[slot] = 0
+        if holding:
+            self._held[slot] = np.asarray(holding)
         heapq.heappush(self._free, slot)
 
     def release_all(self) -> None:
         self.lengths[:] = 0
+        self._held.clear()
         self._free = list(range(self.slots))
 
     def view(self, slot: int, tokens: int) -> list[np.ndarray]:
         """The slot's first `tokens` entries per array, as [1, kv_heads, tokens, head_dim] views."""
         return [a[slot : slot + 1, :, :tokens] for a in self.arrays]
 
-    def load(self, slot: int, cache: list[np.ndarray]) -> None:
-        """Writes [1, kv_heads, tokens, head_dim] entries (a cached prefix) at the slot's start."""
-        for array, entries in zip(self.arrays, cache, strict=True):
-            array[slot, :, : entries.shape[2]] = entries[0]
-        self.lengths[slot] = cache[0].shape[2]
+    def load(self, slot: int, blocks: list[list[np.ndarray]]) -> None:
+        """Writes blocks of entries (a cached prefix; per block, per array [kv_heads, tokens,
+        head_dim]) one after another from the slot's start."""
+        start = 0
+        for block in blocks:
+            end = start + block[0].shape[1]
+            for array, entries in zip(self.arrays, block, strict=True):
+                array[slot, :, start:end] = entries
+            start = end
+        self.lengths[slot] = start
 
     def first_entries(self, slots: list[int]) -> list[np.ndarray]:
         """A copy of the slots' first entry per array (see restore_first_entries)."""

@@ -3,10 +3,12 @@ tokens start the same way (a serving's system prompt, the earlier turns of a con
 RAG template), so that only the rest of its prompt is prefilled.
 
 Prompts are cut into blocks of `block_tokens`. A block's key hashes every token up to and
-including it (a chain), so equal keys mean equal prefixes, never just equal blocks. An entry
-holds one prompt's KV for its full blocks and is found under each of its blocks' keys; a
-lookup walks the new prompt's chain and keeps the longest hit. Entries are bounded in bytes
-and leave least recently used first. Touched only by the engine's worker thread.
+including it (a chain), so equal keys mean equal prefixes, never just equal blocks. Each
+block's entries are stored once, whatever number of prompts share it: inserting a prompt
+copies only the blocks not cached yet. A lookup walks the new prompt's chain and keeps the
+longest run of cached blocks. Blocks are bounded in bytes and leave least recently used
+first; a prompt's blocks are touched last to first, so a chain loses its end before its
+start. Touched only by the engine's worker thread.
 """
 
 from __future__ import annotations
@@ -27,15 +29,8 @@ class PrefixHit:
     # the prompt (its last token must run to give the first logits, and a chunk of one token
     # after a past rounds differently from the same token in a longer chunk).
     tokens: int
-    # Per cache array (layer x key/value): [1, kv_heads, tokens, head_dim].
-    cache: list[np.ndarray]
-
-
-@dataclass
-class _Entry:
-    keys: list[bytes]
-    cache: list[np.ndarray]
-    nbytes: int
+    # Per block, per cache array (layer x key/value): [kv_heads, block_tokens, head_dim].
+    blocks: list[list[np.ndarray]]
 
 
 def block_keys(prompt_ids: list[int], block_tokens: int) -> list[bytes]:
@@ -57,52 +52,45 @@ class PrefixCache:
         # Lookups that reused something, and the prompt tokens they did not prefill.
         self.hits = 0
         self.saved_tokens = 0
-        # Entry id -> entry, least recently used first; key -> (entry id, blocks it covers).
-        self._entries: collections.OrderedDict[int, _Entry] = collections.OrderedDict()
-        self._by_key: dict[bytes, tuple[int, int]] = {}
-        self._next_id = 0
+        # Chained key -> the block's entries per cache array, least recently used first.
+        self._blocks: collections.OrderedDict[bytes, list[np.ndarray]] = collections.OrderedDict()
 
     def lookup(self, prompt_ids: list[int]) -> PrefixHit | None:
         usable_blocks = (len(prompt_ids) - MIN_REST) // self.block_tokens
-        best: tuple[int, int] | None = None
-        for blocks, key in enumerate(block_keys(prompt_ids, self.block_tokens)[:usable_blocks]):
-            found = self._by_key.get(key)
-            if found is None:
+        keys = []
+        for key in block_keys(prompt_ids, self.block_tokens)[:usable_blocks]:
+            if key not in self._blocks:
                 break
-            best = (found[0], blocks + 1)
-        if best is None:
+            keys.append(key)
+        if not keys:
             return None
-        entry_id, blocks = best
-        self._entries.move_to_end(entry_id)
-        tokens = blocks * self.block_tokens
+        self._touch(keys)
+        tokens = len(keys) * self.block_tokens
         self.hits += 1
         self.saved_tokens += tokens
-        cache = self._entries[entry_id].cache
-        return PrefixHit(tokens, [a[:, :, :tokens] for a in cache])
+        return PrefixHit(tokens, [self._blocks[key] for key in keys])
 
     def insert(self, prompt_ids: list[int], cache: list[np.ndarray]) -> None:
         """Keeps the prompt's full blocks from `cache` ([1, kv_heads, >= tokens, head_dim] per
-        array), unless they are all cached already."""
+        array), copying those not cached yet."""
         keys = block_keys(prompt_ids, self.block_tokens)
-        if not keys or keys[-1] in self._by_key:
-            return
-        tokens = len(keys) * self.block_tokens
-        kept = [np.ascontiguousarray(a[:1, :, :tokens]) for a in cache]
-        entry = _Entry(keys, kept, sum(a.nbytes for a in kept))
-        if entry.nbytes > self.capacity_bytes:
-            return
-        while self.nbytes + entry.nbytes > self.capacity_bytes:
-            self._evict()
-        entry_id, self._next_id = self._next_id, self._next_id + 1
-        self._entries[entry_id] = entry
-        self.nbytes += entry.nbytes
-        for blocks, key in enumerate(keys):
-            self._by_key[key] = (entry_id, blocks + 1)
+        for index, key in enumerate(keys):
+            if key in self._blocks:
+                continue
+            start = index * self.block_tokens
+            block = [a[0, :, start : start + self.block_tokens].copy() for a in cache]
+            size = sum(a.nbytes for a in block)
+            if size > self.capacity_bytes:
+                return
+            while self.nbytes + size > self.capacity_bytes:
+                _, evicted = self._blocks.popitem(last=False)
+                self.nbytes -= sum(a.nbytes for a in evicted)
+            self._blocks[key] = block
+            self.nbytes += size
+        self._touch(keys)
 
-    def _evict(self) -> None:
-        entry_id, entry = self._entries.popitem(last=False)
-        self.nbytes -= entry.nbytes
-        for key in entry.keys:
-            # A newer entry may own the same key: leave it to that one.
-            if self._by_key.get(key, (None,))[0] == entry_id:
-                del self._by_key[key]
+    def _touch(self, keys: list[bytes]) -> None:
+        # Last to first: the chain's first blocks end up the most recently used.
+        for key in reversed(keys):
+            if key in self._blocks:
+                self._blocks.move_to_end(key)
