@@ -63,13 +63,23 @@ class OnnxCausalLM:
         return self._forward_copying(kv, first, input_ids, past_lengths)
 
     def _forward_in_place(self, kv, first, input_ids, past_lengths) -> np.ndarray:
-        count, steps = input_ids.shape
-        totals = past_lengths + steps
+        count = input_ids.shape[0]
+        totals = past_lengths + input_ids.shape[1]
         # GroupQueryAttention only reads each row's mask sum: its length after this run.
         mask = (np.arange(int(totals.max()))[None, :] < totals[:, None]).astype(np.int64)
-        binding = self.session.io_binding()
+        binding = kv.bindings.get((first, count))
+        if binding is None:
+            binding = kv.bindings[first, count] = self._bind_slots(kv, first, count)
         binding.bind_cpu_input("input_ids", np.ascontiguousarray(input_ids, np.int64))
         binding.bind_cpu_input("attention_mask", mask)
+        self.session.run_with_iobinding(binding)
+        logits = binding.get_outputs()[0].numpy()
+        return logits[:, -1, :]
+
+    def _bind_slots(self, kv: KvSlots, first: int, count: int):
+        """An IO binding of slots [first, first + count) as past and present (made once per
+        slot range: the buffers never move)."""
+        binding = self.session.io_binding()
         # Bound first: get_outputs() follows the binding order.
         binding.bind_output("logits", "cpu")
         shape = [count, self.num_kv_heads, kv.max_len, self.head_dim]
@@ -80,9 +90,7 @@ class OnnxCausalLM:
             pointer = array[first].ctypes.data
             binding.bind_input(past, "cpu", 0, self.kv_dtype, shape, pointer)
             binding.bind_output(present, "cpu", 0, self.kv_dtype, shape, pointer)
-        self.session.run_with_iobinding(binding)
-        logits = binding.get_outputs()[0].numpy()
-        return logits[:, -1, :]
+        return binding
 
     def _forward_copying(self, kv, first, input_ids, past_lengths) -> np.ndarray:
         count, steps = input_ids.shape
