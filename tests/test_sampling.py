@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
 from services.common.domain import ChatMessage, SamplingParams
 from services.common.errors import ResourceExhausted
 from services.generation.engine import FinishReason, GenerationEngine
-from services.generation.sampler import ResolvedSampling
+from services.generation.sampler import ResolvedSampling, nucleus
 
 
 def prompt(loaded, text: str) -> list[int]:
@@ -176,3 +177,17 @@ async def test_ignore_eos_generates_exactly_max_tokens(loaded_chat_model):
     )
     assert len(tokens) == 40  # ...unless told to keep going.
     assert events[-1].finish_reason is FinishReason.LENGTH
+
+
+@pytest.mark.parametrize("temperature", [0.3, 1.0, 3.0])
+def test_the_nucleus_is_the_smallest_likeliest_set_reaching_top_p(temperature):
+    rng = np.random.default_rng(7)
+    logits = rng.normal(0, 4, 49152) / temperature
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    order = np.argsort(probs)[::-1]
+    for top_p in (0.1, 0.5, 0.9, 0.99):
+        kept = nucleus(probs, top_p)
+        size = int(np.searchsorted(np.cumsum(probs[order]), top_p)) + 1
+        assert np.array_equal(kept, np.sort(order[:size]))
+        assert probs[kept].sum() >= top_p - 1e-9

@@ -9,6 +9,9 @@ import numpy as np
 
 from services.common.domain import PLATFORM_SAMPLING, SamplingParams
 
+# Tokens a top-p cut first looks among (usually enough: probability mass is concentrated).
+NUCLEUS_START = 64
+
 
 @dataclass(frozen=True)
 class ResolvedSampling:
@@ -104,16 +107,28 @@ class Sampler:
             scaled = scaled[candidates]
         probs = np.exp(scaled - scaled.max())
         probs /= probs.sum()
-        if p.top_p < 1.0:
-            order = np.argsort(probs)[::-1]
-            cumulative = np.cumsum(probs[order])
-            keep = order[: int(np.searchsorted(cumulative, p.top_p)) + 1]
-            mask = np.zeros_like(probs)
-            mask[keep] = probs[keep]
-            probs = mask / mask.sum()
+        kept = nucleus(probs, p.top_p) if p.top_p < 1.0 else None
+        if kept is not None:
+            probs = probs[kept]
         index = int(np.searchsorted(np.cumsum(probs), self._rng.random() * probs.sum()))
         index = min(index, probs.shape[0] - 1)
+        if kept is not None:
+            index = int(kept[index])
         return int(candidates[index]) if candidates is not None else index
+
+
+def nucleus(probs: np.ndarray, top_p: float) -> np.ndarray:
+    """The smallest set of likeliest tokens whose probability reaches top_p, in vocabulary
+    order. Sorts only the likeliest few (grown until they hold top_p), not the vocabulary."""
+    size = min(NUCLEUS_START, probs.shape[0])
+    while True:
+        likeliest = np.argpartition(probs, -size)[-size:]
+        if size == probs.shape[0] or probs[likeliest].sum() >= top_p:
+            break
+        size = min(size * 8, probs.shape[0])
+    order = likeliest[np.argsort(probs[likeliest])[::-1]]
+    cumulative = np.cumsum(probs[order])
+    return np.sort(order[: int(np.searchsorted(cumulative, top_p)) + 1])
 
 
 def token_logprobs(
