@@ -31,15 +31,47 @@ class LoadedModel:
 
     def render_prompt(self, messages: Sequence[ChatMessage]) -> tuple[str, list[int]]:
         """Chat template -> prompt text and ids; rejects prompts that leave no room to answer."""
-        prompt = self.template.render(messages)
-        ids = self.tokenizer.encode(prompt)
+        prompt, ids = self.tokenize_chat(messages)
+        self.check_prompt(ids, "messages")
+        return prompt, ids
+
+    def tokenize_chat(
+        self,
+        messages: Sequence[ChatMessage],
+        add_generation_prompt: bool = True,
+        add_special_tokens: bool = False,
+    ) -> tuple[str, list[int]]:
+        """The chat template's rendering of `messages` and its token ids, unchecked."""
+        if not self.record.chat_template:
+            raise InvalidArgument(
+                f"The model `{self.record.name}` has no chat template, so it cannot take chat "
+                "messages: send a raw prompt to /v1/completions, or import the model with "
+                "--chat-template FILE.",
+                param="messages",
+            )
+        prompt = self.template.render(messages, add_generation_prompt=add_generation_prompt)
+        return prompt, self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
+
+    def check_prompt(self, ids: list[int], param: str) -> None:
+        """Refuses an empty prompt and one that leaves no room in the context to answer."""
+        if not ids:
+            raise InvalidArgument("The prompt is empty: it holds no tokens.", param=param)
         limit = self.record.context_length
         if len(ids) >= limit:
             raise ContextLengthExceeded(
-                f"This model's maximum context length is {limit} tokens. However, your messages "
-                f"resulted in {len(ids)} tokens. Please reduce the length of the messages."
+                f"This model's maximum context length is {limit} tokens. However, your "
+                f"{param} resulted in {len(ids)} tokens. Please reduce the length of the "
+                f"{param}.",
+                param=param,
             )
-        return prompt, ids
+
+    def check_token_ids(self, ids: Sequence[int], param: str) -> None:
+        vocab = self.engine.model.vocab_size
+        if any(not 0 <= token < vocab for token in ids):
+            raise InvalidArgument(
+                f"{param} holds a token id outside this model's vocabulary (0..{vocab - 1}).",
+                param=param,
+            )
 
     def check_sampling(self, sampling: SamplingParams) -> None:
         vocab = self.engine.model.vocab_size
@@ -54,15 +86,18 @@ class LoadedModel:
                 param="stop_token_ids",
             )
 
-    def room_for(self, prompt_ids: list[int], max_tokens: int | None) -> int:
+    def room_for(
+        self, prompt_ids: list[int], max_tokens: int | None, param: str = "messages"
+    ) -> int:
         """Tokens left for the completion; a max_tokens beyond that is an error, as in OpenAI."""
         room = self.record.context_length - len(prompt_ids)
         if max_tokens is not None and max_tokens > room:
             raise ContextLengthExceeded(
                 f"This model's maximum context length is {self.record.context_length} tokens. "
                 f"However, you requested {len(prompt_ids) + max_tokens} tokens "
-                f"({len(prompt_ids)} in the messages, {max_tokens} in the completion). "
-                "Please reduce the length of the messages or completion."
+                f"({len(prompt_ids)} in the {param}, {max_tokens} in the completion). "
+                f"Please reduce the length of the {param} or completion.",
+                param=param,
             )
         return room
 

@@ -11,7 +11,7 @@ from services.common.domain import ChatMessage, SamplingParams
 from services.common.errors import InvalidArgument
 from services.common.rpc import rpc_method
 from services.generation.engine import FinishReason
-from services.generation.model_pool import ModelPool
+from services.generation.model_pool import LoadedModel, ModelPool
 from services.generation.sampler import ResolvedSampling
 
 MAX_N = 16
@@ -29,20 +29,48 @@ def _messages(request) -> list[ChatMessage]:
     return [ChatMessage.from_pb(m) for m in request.messages]
 
 
+def _prompt_ids(model: LoadedModel, request) -> tuple[list[int], str]:
+    """The prompt's token ids from exactly one of messages, prompt, prompt_token_ids (blocking:
+    tokenization), and the name of the field they came from."""
+    given = [
+        name
+        for name, present in (
+            ("messages", bool(request.messages)),
+            ("prompt", request.HasField("prompt")),
+            ("prompt_token_ids", bool(request.prompt_token_ids)),
+        )
+        if present
+    ]
+    if len(given) != 1:
+        raise InvalidArgument(
+            "Set exactly one of `messages`, `prompt` and `prompt_token_ids`.", param="prompt"
+        )
+    if request.messages:
+        return model.render_prompt(_messages(request))[1], "messages"
+    if request.HasField("prompt"):
+        ids = model.tokenizer.encode(request.prompt, request.add_special_tokens)
+    else:
+        ids = list(request.prompt_token_ids)
+        model.check_token_ids(ids, "prompt")
+    model.check_prompt(ids, "prompt")
+    return ids, "prompt"
+
+
 class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
     def __init__(self, pool: ModelPool):
         self._pool = pool
 
     @rpc_method
     async def Generate(self, request, context):
-        messages = _messages(request)
+        if not request.model:
+            raise InvalidArgument("`model` is required.", param="model")
         model = await self._pool.get(request.model)
-        _, prompt_ids = await asyncio.to_thread(model.render_prompt, messages)
+        prompt_ids, param = await asyncio.to_thread(_prompt_ids, model, request)
         sampling = SamplingParams.from_pb(request.sampling).with_defaults(
             model.record.default_sampling
         )
         model.check_sampling(sampling)
-        room = model.room_for(prompt_ids, sampling.max_tokens)
+        room = model.room_for(prompt_ids, sampling.max_tokens, param)
         base = ResolvedSampling.resolve(sampling, room)
         count = request.n or 1
         if count > MAX_N:
@@ -80,10 +108,48 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
 
     @rpc_method
     async def Tokenize(self, request, context):
-        messages = _messages(request)
+        if request.HasField("prompt") == bool(request.messages):
+            raise InvalidArgument("Set exactly one of `messages` and `prompt`.", param="prompt")
+        if not request.model:
+            raise InvalidArgument("`model` is required.", param="model")
         model = await self._pool.get(request.model)
-        prompt, prompt_ids = await asyncio.to_thread(model.render_prompt, messages)
-        return generation_pb2.TokenizeResponse(token_ids=prompt_ids, prompt=prompt)
+
+        def tokenize() -> tuple[str, list[int]]:
+            if request.HasField("prompt"):
+                ids = model.tokenizer.encode(request.prompt, request.add_special_tokens)
+                prompt, param = request.prompt, "prompt"
+            else:
+                prompt, ids = model.tokenize_chat(
+                    _messages(request),
+                    add_generation_prompt=(
+                        request.add_generation_prompt
+                        if request.HasField("add_generation_prompt")
+                        else True
+                    ),
+                    add_special_tokens=request.add_special_tokens,
+                )
+                param = "messages"
+            if request.check_context_length:
+                model.check_prompt(ids, param)
+            return prompt, ids
+
+        prompt, prompt_ids = await asyncio.to_thread(tokenize)
+        return generation_pb2.TokenizeResponse(
+            token_ids=prompt_ids,
+            prompt=prompt,
+            token_strs=model.tokenizer.token_strs(prompt_ids),
+            max_model_len=model.record.context_length,
+        )
+
+    @rpc_method
+    async def Detokenize(self, request, context):
+        if not request.model:
+            raise InvalidArgument("`model` is required.", param="model")
+        model = await self._pool.get(request.model)
+        ids = list(request.token_ids)
+        model.check_token_ids(ids, "tokens")
+        text = await asyncio.to_thread(model.tokenizer.decode, ids, request.skip_special_tokens)
+        return generation_pb2.DetokenizeResponse(text=text)
 
     @rpc_method
     async def ListLoadedModels(self, request, context):
