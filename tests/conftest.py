@@ -28,6 +28,7 @@ from services.registry.importer import ModelImporter
 from services.registry.settings import RegistrySettings
 
 REPO = Path(__file__).resolve().parent.parent
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
 def pytest_terminal_summary(terminalreporter, config):
@@ -63,6 +64,51 @@ def embedding_model(cache_dir: Path) -> ModelRecord:
         minilm_checkpoint(),
         progress=lambda stage, fraction: None,
     )
+
+
+def _tiny_llama(out: Path, chat_model: ModelRecord, with_template: bool) -> Path:
+    import json
+    import shutil
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=256,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    LlamaForCausalLM(config).save_pretrained(out)
+    artifact = Path(chat_model.artifact_dir)
+    for name in TOKENIZER_FILES:
+        shutil.copy(artifact / name, out / name)
+    if with_template:
+        shutil.copy(artifact / "chat_template.jinja", out / "chat_template.jinja")
+    else:
+        config_path = out / "tokenizer_config.json"
+        tokenizer_config = json.loads(config_path.read_text())
+        tokenizer_config.pop("chat_template", None)
+        config_path.write_text(json.dumps(tokenizer_config))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, chat_model) -> Path:
+    """A two-layer Llama with SmolLM2's tokenizer: a real HF checkpoint that exports in seconds."""
+    return _tiny_llama(tmp_path_factory.mktemp("tiny-llama"), chat_model, with_template=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_base_checkpoint(tmp_path_factory, chat_model) -> Path:
+    """The same without a chat template: a base model, which serves completions only."""
+    return _tiny_llama(tmp_path_factory.mktemp("tiny-base"), chat_model, with_template=False)
 
 
 @pytest.fixture(scope="session")

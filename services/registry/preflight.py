@@ -1,14 +1,16 @@
-"""What an import needs, checked from the source's metadata before the minutes-long export:
-a chat model must bring a chat template (a GGUF in its `tokenizer.chat_template` key, a
-checkpoint in `chat_template.jinja` or `tokenizer_config.json`)."""
+"""What an import needs, checked from the source's metadata before the minutes-long export.
+A chat template (a GGUF's `tokenizer.chat_template` key, a checkpoint's `chat_template.jinja`
+or `tokenizer_config.json`) is optional: without one a model serves completions only."""
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
-from services.common.errors import InvalidArgument
 from services.common.records import SourceFormat
+
+logger = logging.getLogger(__name__)
 
 _GGUF_TEMPLATE_KEY = "tokenizer.chat_template"
 
@@ -33,8 +35,4 @@ def check_chat_source(source: Path, source_format: SourceFormat) -> None:
     else:
         found = _checkpoint_has_chat_template(source)
     if not found:
-        raise InvalidArgument(
-            f"`{source}` has no chat template, so it cannot be served as a chat model "
-            "(a base model: its chat template must come with it).",
-            param="source",
-        )
+        logger.info("%s has no chat template: it will serve completions only", source)
