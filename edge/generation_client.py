@@ -1,4 +1,5 @@
-"""Async client of the generation service: chat in, streamed domain events out."""
+"""Async client of the generation service: chat or a raw prompt in, streamed domain events
+out; tokenization both ways."""
 
 from __future__ import annotations
 
@@ -45,6 +46,16 @@ def _logprobs_json(entries) -> list[dict] | None:
     ]
 
 
+@dataclass(frozen=True)
+class Tokenized:
+    token_ids: list[int]
+    # Each token as the vocabulary spells it.
+    token_strs: list[str]
+    # The rendered prompt (the text itself for a raw prompt).
+    prompt: str
+    max_model_len: int
+
+
 class GenerationClient(ServiceClient):
     def __init__(self, address: str, timeout_s: float = 30.0):
         super().__init__(address, generation_pb2_grpc.GenerationServiceStub, timeout_s)
@@ -56,7 +67,41 @@ class GenerationClient(ServiceClient):
         )
         return (await self._unary(self._stub.Tokenize, request)).prompt
 
-    async def generate(
+    async def tokenize(
+        self,
+        model: str,
+        *,
+        messages: list[ChatMessage] | None = None,
+        prompt: str | None = None,
+        add_special_tokens: bool = False,
+        add_generation_prompt: bool = True,
+    ) -> Tokenized:
+        """Token ids of `messages` rendered by the chat template, or of a raw `prompt`."""
+        request = generation_pb2.TokenizeRequest(
+            model=model,
+            messages=[m.to_pb() for m in messages or ()],
+            add_special_tokens=add_special_tokens,
+            add_generation_prompt=add_generation_prompt,
+        )
+        if prompt is not None:
+            request.prompt = prompt
+        response = await self._unary(self._stub.Tokenize, request)
+        return Tokenized(
+            list(response.token_ids),
+            list(response.token_strs),
+            response.prompt,
+            response.max_model_len,
+        )
+
+    async def detokenize(
+        self, model: str, token_ids: list[int], skip_special_tokens: bool = False
+    ) -> str:
+        request = generation_pb2.DetokenizeRequest(
+            model=model, token_ids=token_ids, skip_special_tokens=skip_special_tokens
+        )
+        return (await self._unary(self._stub.Detokenize, request)).text
+
+    def generate(
         self,
         model: str,
         messages: list[ChatMessage],
@@ -64,11 +109,35 @@ class GenerationClient(ServiceClient):
         n: int,
         timeout_s: float,
     ) -> AsyncIterator[Delta]:
-        """Streams the n completions' deltas, interleaved; closing the iterator early cancels
-        the RPC (and its sequences)."""
+        """Streams the n completions' deltas of a chat, interleaved; closing the iterator early
+        cancels the RPC (and its sequences)."""
         request = generation_pb2.GenerateRequest(
             model=model, messages=[m.to_pb() for m in messages], sampling=sampling.to_pb(), n=n
         )
+        return self._deltas(request, timeout_s)
+
+    def complete(
+        self,
+        model: str,
+        prompt: str | list[int],
+        sampling: SamplingParams,
+        n: int,
+        timeout_s: float,
+        add_special_tokens: bool = True,
+    ) -> AsyncIterator[Delta]:
+        """`generate` for a raw prompt (text or token ids), continued without a chat template."""
+        request = generation_pb2.GenerateRequest(
+            model=model, sampling=sampling.to_pb(), n=n, add_special_tokens=add_special_tokens
+        )
+        if isinstance(prompt, str):
+            request.prompt = prompt
+        else:
+            request.prompt_token_ids.extend(prompt)
+        return self._deltas(request, timeout_s)
+
+    async def _deltas(
+        self, request: generation_pb2.GenerateRequest, timeout_s: float
+    ) -> AsyncIterator[Delta]:
         async for response in self._stream(self._stub.Generate, request, timeout_s):
             yield Delta(
                 index=response.index,

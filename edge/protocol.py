@@ -200,9 +200,10 @@ class NamedToolChoice(OpenAIModel):
     function: FunctionName
 
 
-class ChatCompletionRequest(RequestBody):
+class GenerationRequest(RequestBody):
+    """What chat and legacy completions share: the model, streaming and sampling, bounded."""
+
     model: str = Field(min_length=1)
-    messages: Annotated[list[ChatMessageIn], Field(min_length=1)]
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
@@ -211,7 +212,6 @@ class ChatCompletionRequest(RequestBody):
     top_k: Annotated[int, Field(ge=-1, le=MAX_INT32)] | None = None
     repetition_penalty: Annotated[float, Field(gt=0, le=10)] | None = None
     max_tokens: TokenCount | None = None
-    max_completion_tokens: TokenCount | None = None
     stop: str | list[str] | None = None
     seed: Seed | None = None
     presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
@@ -219,26 +219,9 @@ class ChatCompletionRequest(RequestBody):
     n: Annotated[int, Field(ge=1, le=16)] = 1
     user: str | None = None
     logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
-    logprobs: bool = False
-    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
-    # Structured output and tools: validated in OpenAI's shapes, then refused until supported.
-    response_format: ResponseFormat | None = None
-    tools: list[Tool] | None = None
-    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
-    parallel_tool_calls: bool | None = None
-    functions: list[FunctionDefinition] | None = None
     # Not in OpenAI's API; accepted as vLLM does.
     stop_token_ids: list[TokenId] | None = None
     ignore_eos: bool = False
-    # Retrieval overrides as the node API names them (one value, or one per collection).
-    vdb_collection_name: list[str] | None = None
-    limit: list[Annotated[int, Field(ge=1, le=100)]] | None = None
-    score_threshold: list[Annotated[float, Field(ge=-1, le=1)]] | None = None
-
-    @field_validator("vdb_collection_name", "limit", "score_threshold", mode="before")
-    @classmethod
-    def _one_or_many(cls, value):
-        return value if value is None or isinstance(value, list) else [value]
 
     @field_validator("stop")
     @classmethod
@@ -259,11 +242,66 @@ class ChatCompletionRequest(RequestBody):
         return logit_bias
 
     @model_validator(mode="after")
+    def _check_stream_options(self) -> GenerationRequest:
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options is only allowed when stream is true")
+        return self
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def _sampling_params(
+        self, max_tokens: int | None, logprobs: bool, top_logprobs: int
+    ) -> SamplingParams:
+        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        return SamplingParams(
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=max(self.top_k, 0) if self.top_k is not None else None,
+            max_tokens=max_tokens,
+            stop=tuple(stop),
+            seed=self.seed % 2**64 if self.seed is not None else None,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            repetition_penalty=self.repetition_penalty,
+            logit_bias=tuple(sorted((int(k), v) for k, v in (self.logit_bias or {}).items())),
+            stop_token_ids=tuple(self.stop_token_ids or ()),
+            logprobs=logprobs,
+            top_logprobs=top_logprobs,
+            ignore_eos=self.ignore_eos,
+        )
+
+    def log_ignored_fields(self) -> None:
+        if self.ignored_fields:
+            logger.info("ignoring unsupported request fields: %s", ", ".join(self.ignored_fields))
+
+
+class ChatCompletionRequest(GenerationRequest):
+    messages: Annotated[list[ChatMessageIn], Field(min_length=1)]
+    max_completion_tokens: TokenCount | None = None
+    logprobs: bool = False
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    # Structured output and tools: validated in OpenAI's shapes, then refused until supported.
+    response_format: ResponseFormat | None = None
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    functions: list[FunctionDefinition] | None = None
+    # Retrieval overrides as the node API names them (one value, or one per collection).
+    vdb_collection_name: list[str] | None = None
+    limit: list[Annotated[int, Field(ge=1, le=100)]] | None = None
+    score_threshold: list[Annotated[float, Field(ge=-1, le=1)]] | None = None
+
+    @field_validator("vdb_collection_name", "limit", "score_threshold", mode="before")
+    @classmethod
+    def _one_or_many(cls, value):
+        return value if value is None or isinstance(value, list) else [value]
+
+    @model_validator(mode="after")
     def _check(self) -> ChatCompletionRequest:
         if self.top_logprobs and not self.logprobs:
             raise ValueError("top_logprobs requires logprobs to be true")
-        if self.stream_options is not None and not self.stream:
-            raise ValueError("stream_options is only allowed when stream is true")
         self._check_unsupported()
         return self
 
@@ -284,30 +322,12 @@ class ChatCompletionRequest(RequestBody):
         if self.tools or self.functions:
             raise ValueError("tools are not supported yet")
 
-    @property
-    def include_usage(self) -> bool:
-        return bool(self.stream_options and self.stream_options.include_usage)
-
     def to_messages(self) -> list[ChatMessage]:
         return [message.to_domain() for message in self.messages]
 
     def to_sampling_params(self) -> SamplingParams:
-        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-        return SamplingParams(
-            temperature=self.temperature,
-            top_p=self.top_p,
-            top_k=max(self.top_k, 0) if self.top_k is not None else None,
-            max_tokens=self.max_completion_tokens or self.max_tokens,
-            stop=tuple(stop),
-            seed=self.seed % 2**64 if self.seed is not None else None,
-            presence_penalty=self.presence_penalty,
-            frequency_penalty=self.frequency_penalty,
-            repetition_penalty=self.repetition_penalty,
-            logit_bias=tuple(sorted((int(k), v) for k, v in (self.logit_bias or {}).items())),
-            stop_token_ids=tuple(self.stop_token_ids or ()),
-            logprobs=self.logprobs,
-            top_logprobs=self.top_logprobs or 0,
-            ignore_eos=self.ignore_eos,
+        return self._sampling_params(
+            self.max_completion_tokens or self.max_tokens, self.logprobs, self.top_logprobs or 0
         )
 
     def log_ignored_fields(self) -> None:

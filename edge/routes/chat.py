@@ -101,7 +101,7 @@ class _Completion:
         return body
 
 
-def _moderator(access: Access, default_terms: str) -> Moderator | None:
+def moderator_of(access: Access, default_terms: str) -> Moderator | None:
     policy = access.serving.moderation if access.serving else None
     if policy is None or not policy.enabled:
         return None
@@ -138,7 +138,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request):
     )
     try:
         messages, sampling = _with_serving_settings(access, messages, body.to_sampling_params())
-        moderator = _moderator(access, state.settings.moderation_default_terms)
+        moderator = moderator_of(access, state.settings.moderation_default_terms)
         if moderator and any(moderator.find(m.content) for m in messages):
             tracker.blocked = True
             tracker.settle()
