@@ -121,6 +121,36 @@ class SamplingParams:
         )
 
 
+CONSTRAINT_KINDS = ("json_object", "json_schema", "regex", "choice", "lark")
+_CONSTRAINT_NAMES = {
+    "json_object": "JSON object format",
+    "json_schema": "JSON schema",
+    "regex": "regular expression",
+    "choice": "choice",
+    "lark": "grammar",
+}
+
+
+@dataclass(frozen=True)
+class OutputConstraint:
+    """A grammar the output must follow (structured output).
+
+    `spec`: the JSON schema (serialized), the regex, the Lark grammar, or the choices as a JSON
+    list; empty for json_object. `origin` is the request field it came from, for errors."""
+
+    kind: str
+    spec: str = ""
+    origin: str = "response_format"
+
+    @property
+    def description(self) -> str:
+        return _CONSTRAINT_NAMES.get(self.kind, self.kind)
+
+    @property
+    def param(self) -> str:
+        return self.origin
+
+
 DEFAULT_N_PREDICT = 1024
 # Where neither the request, the serving nor the model sets a value (OpenAI's defaults, and a
 # bounded completion: a request without max_tokens never runs to the end of the context).

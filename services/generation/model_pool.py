@@ -13,6 +13,7 @@ from services.common.errors import ContextLengthExceeded, InvalidArgument
 from services.common.lazy_models import LazyModels
 from services.common.records import CHAT_MODEL_FILES, ModelKind, ModelRecord
 from services.generation.chat_template import ChatTemplate
+from services.generation.constrained import GrammarCompiler
 from services.generation.engine import GenerationEngine
 from services.generation.metrics import EngineMetrics
 from services.generation.onnx_model import OnnxCausalLM
@@ -28,6 +29,7 @@ class LoadedModel:
     tokenizer: TextTokenizer
     template: ChatTemplate
     engine: GenerationEngine
+    grammars: GrammarCompiler
 
     def render_prompt(self, messages: Sequence[ChatMessage]) -> tuple[str, list[int]]:
         """Chat template -> prompt text and ids; rejects prompts that leave no room to answer."""
@@ -158,8 +160,15 @@ class ModelPool:
             ),
         )
         logger.info("loaded %s (%s) on %s", record.name, model_path.name, model.provider)
+        grammars = GrammarCompiler(
+            artifact_dir / "tokenizer.json", model.vocab_size, tokenizer.eos_token_ids
+        )
         return LoadedModel(
-            record, tokenizer, ChatTemplate(record.chat_template, tokenizer.special_tokens), engine
+            record,
+            tokenizer,
+            ChatTemplate(record.chat_template, tokenizer.special_tokens),
+            engine,
+            grammars,
         )
 
     def close(self) -> None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import replace
 
 from llmserve.common.v1 import common_pb2
 from llmserve.generation.v1 import generation_pb2, generation_pb2_grpc
-from services.common.domain import ChatMessage, SamplingParams
+from services.common.domain import ChatMessage, OutputConstraint, SamplingParams
 from services.common.errors import InvalidArgument
 from services.common.rpc import rpc_method
 from services.generation.engine import FinishReason
@@ -19,6 +20,21 @@ _FINISH_REASONS = {
     FinishReason.STOP: generation_pb2.FINISH_REASON_STOP,
     FinishReason.LENGTH: generation_pb2.FINISH_REASON_LENGTH,
 }
+
+
+def constraint_from_pb(pb: generation_pb2.OutputConstraint) -> OutputConstraint:
+    kind = pb.WhichOneof("kind")
+    if kind is None:
+        raise InvalidArgument("The output constraint is empty.", param=pb.origin or None)
+    if kind == "json_object":
+        spec = ""
+    elif kind == "choice":
+        if not pb.choice.choices:
+            raise InvalidArgument("A choice needs at least one string.", param=pb.origin or None)
+        spec = json.dumps(list(pb.choice.choices), ensure_ascii=False)
+    else:
+        spec = getattr(pb, kind)
+    return OutputConstraint(kind, spec, pb.origin or "constraint")
 
 
 def _messages(request) -> list[ChatMessage]:
@@ -72,6 +88,11 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
         model.check_sampling(sampling)
         room = model.room_for(prompt_ids, sampling.max_tokens, param)
         base = ResolvedSampling.resolve(sampling, room)
+        if request.HasField("constraint"):
+            constraint = constraint_from_pb(request.constraint)
+            grammar = await asyncio.to_thread(model.grammars.compile, constraint)
+            # The grammar decides where the output ends: a stop string would cut it short.
+            base = replace(base, grammar=grammar, stop=(), ignore_eos=False)
         count = request.n or 1
         if count > MAX_N:
             raise InvalidArgument(f"n must be at most {MAX_N}.", param="n")
