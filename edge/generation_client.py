@@ -3,12 +3,13 @@ out; tokenization both ways."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from llmserve.generation.v1 import generation_pb2, generation_pb2_grpc
 from services.common.client import ServiceClient
-from services.common.domain import ChatMessage, SamplingParams
+from services.common.domain import ChatMessage, OutputConstraint, SamplingParams
 
 _FINISH_REASONS = {
     generation_pb2.FINISH_REASON_STOP: "stop",
@@ -54,6 +55,17 @@ class Tokenized:
     # The rendered prompt (the text itself for a raw prompt).
     prompt: str
     max_model_len: int
+
+
+def constraint_to_pb(constraint: OutputConstraint) -> generation_pb2.OutputConstraint:
+    pb = generation_pb2.OutputConstraint(origin=constraint.origin)
+    if constraint.kind == "json_object":
+        pb.json_object = True
+    elif constraint.kind == "choice":
+        pb.choice.choices.extend(json.loads(constraint.spec))
+    else:
+        setattr(pb, constraint.kind, constraint.spec)
+    return pb
 
 
 class GenerationClient(ServiceClient):
@@ -108,12 +120,15 @@ class GenerationClient(ServiceClient):
         sampling: SamplingParams,
         n: int,
         timeout_s: float,
+        constraint: OutputConstraint | None = None,
     ) -> AsyncIterator[Delta]:
         """Streams the n completions' deltas of a chat, interleaved; closing the iterator early
-        cancels the RPC (and its sequences)."""
+        cancels the RPC (and its sequences). With a constraint, each follows its grammar."""
         request = generation_pb2.GenerateRequest(
             model=model, messages=[m.to_pb() for m in messages], sampling=sampling.to_pb(), n=n
         )
+        if constraint is not None:
+            request.constraint.CopyFrom(constraint_to_pb(constraint))
         return self._deltas(request, timeout_s)
 
     def complete(
@@ -124,11 +139,14 @@ class GenerationClient(ServiceClient):
         n: int,
         timeout_s: float,
         add_special_tokens: bool = True,
+        constraint: OutputConstraint | None = None,
     ) -> AsyncIterator[Delta]:
         """`generate` for a raw prompt (text or token ids), continued without a chat template."""
         request = generation_pb2.GenerateRequest(
             model=model, sampling=sampling.to_pb(), n=n, add_special_tokens=add_special_tokens
         )
+        if constraint is not None:
+            request.constraint.CopyFrom(constraint_to_pb(constraint))
         if isinstance(prompt, str):
             request.prompt = prompt
         else:

@@ -9,6 +9,7 @@ cannot honour (structured output, tools) is refused with 400, never silently ign
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Annotated, Any, Literal
 
@@ -21,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from services.common.domain import ChatMessage, SamplingParams
+from services.common.domain import ChatMessage, OutputConstraint, SamplingParams
 
 logger = logging.getLogger(__name__)
 
@@ -179,6 +180,44 @@ class ResponseFormat(OpenAIModel):
         return self
 
 
+class StructuredOutputs(OpenAIModel):
+    """vLLM's `structured_outputs`: one of a JSON schema, a regex or a choice of strings."""
+
+    json_: dict | str | None = Field(default=None, alias="json")
+    regex: str | None = None
+    choice: Annotated[list[str], Field(min_length=1)] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> StructuredOutputs:
+        if sum(v is not None for v in (self.json_, self.regex, self.choice)) != 1:
+            raise ValueError("set exactly one of `json`, `regex` and `choice`")
+        return self
+
+
+def _closed_objects(schema: Any) -> Any:
+    """The schema with `additionalProperties: false` wherever an object schema leaves it out:
+    what OpenAI's strict mode requires of a schema, read as what it means."""
+    if isinstance(schema, list):
+        return [_closed_objects(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    closed = {key: _closed_objects(value) for key, value in schema.items()}
+    if "properties" in schema or schema.get("type") == "object":
+        closed.setdefault("additionalProperties", False)
+    return closed
+
+
+def _schema_constraint(schema: dict | str, origin: str) -> OutputConstraint:
+    if isinstance(schema, str):
+        try:
+            schema = json.loads(schema)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{origin} is not a JSON schema: {error}") from error
+    if not isinstance(schema, dict):
+        raise ValueError(f"{origin} must be a JSON schema object")
+    return OutputConstraint("json_schema", json.dumps(schema, ensure_ascii=False), origin)
+
+
 class FunctionDefinition(OpenAIModel):
     name: Annotated[str, Field(pattern=FUNCTION_NAME)]
     description: str | None = None
@@ -222,6 +261,12 @@ class GenerationRequest(RequestBody):
     # Not in OpenAI's API; accepted as vLLM does.
     stop_token_ids: list[TokenId] | None = None
     ignore_eos: bool = False
+    # Structured output: OpenAI's response_format, and vLLM's extensions (at most one of them).
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputs | None = None
+    guided_json: dict | str | None = None
+    guided_regex: str | None = None
+    guided_choice: Annotated[list[str], Field(min_length=1)] | None = None
 
     @field_validator("stop")
     @classmethod
@@ -245,7 +290,50 @@ class GenerationRequest(RequestBody):
     def _check_stream_options(self) -> GenerationRequest:
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options is only allowed when stream is true")
+        constraint = self.output_constraint
+        if constraint is not None and self.stop:
+            raise ValueError(
+                f"stop cannot be combined with {constraint.origin}: the grammar decides where "
+                "the output ends, and a stop string would cut it short"
+            )
         return self
+
+    @property
+    def output_constraint(self) -> OutputConstraint | None:
+        """The grammar the output must follow, from whichever field asked for one."""
+        found: list[OutputConstraint] = []
+        rf = self.response_format
+        if rf is not None and rf.type == "json_object":
+            found.append(OutputConstraint("json_object", "", "response_format"))
+        elif rf is not None and rf.type == "json_schema":
+            schema = rf.json_schema.schema_ if rf.json_schema else None
+            if schema is not None and rf.json_schema.strict:
+                schema = _closed_objects(schema)
+            found.append(
+                _schema_constraint(schema, "response_format")
+                if schema is not None
+                else OutputConstraint("json_object", "", "response_format")
+            )
+        so = self.structured_outputs
+        if so is not None:
+            if so.json_ is not None:
+                found.append(_schema_constraint(so.json_, "structured_outputs"))
+            elif so.regex is not None:
+                found.append(OutputConstraint("regex", so.regex, "structured_outputs"))
+            else:
+                choices = json.dumps(so.choice, ensure_ascii=False)
+                found.append(OutputConstraint("choice", choices, "structured_outputs"))
+        if self.guided_json is not None:
+            found.append(_schema_constraint(self.guided_json, "guided_json"))
+        if self.guided_regex is not None:
+            found.append(OutputConstraint("regex", self.guided_regex, "guided_regex"))
+        if self.guided_choice is not None:
+            choices = json.dumps(self.guided_choice, ensure_ascii=False)
+            found.append(OutputConstraint("choice", choices, "guided_choice"))
+        if len(found) > 1:
+            names = ", ".join(c.origin for c in found)
+            raise ValueError(f"only one output constraint may be given, not {names}")
+        return found[0] if found else None
 
     @property
     def include_usage(self) -> bool:
@@ -282,8 +370,7 @@ class ChatCompletionRequest(GenerationRequest):
     max_completion_tokens: TokenCount | None = None
     logprobs: bool = False
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
-    # Structured output and tools: validated in OpenAI's shapes, then refused until supported.
-    response_format: ResponseFormat | None = None
+    # Tools: validated in OpenAI's shapes, then refused until supported.
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
@@ -315,10 +402,6 @@ class ChatCompletionRequest(GenerationRequest):
             )
         if choice == "required" and not declared:
             raise ValueError("tool_choice `required` needs tools")
-        if self.response_format is not None and self.response_format.type != "text":
-            raise ValueError(
-                f"response_format `{self.response_format.type}` is not supported yet; only `text`"
-            )
         if self.tools or self.functions:
             raise ValueError("tools are not supported yet")
 

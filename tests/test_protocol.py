@@ -75,12 +75,22 @@ def test_out_of_range_or_malformed_fields_are_refused(fields):
     refused(**fields)
 
 
+def test_structured_output_becomes_one_output_constraint():
+    schema = {"name": "answer", "schema": {"type": "object", "required": ["a"]}}
+    constraint = parse(response_format={"type": "json_schema", "json_schema": schema})
+    assert constraint.output_constraint.kind == "json_schema"
+    assert json.loads(constraint.output_constraint.spec) == schema["schema"]
+    assert parse(response_format={"type": "json_object"}).output_constraint.kind == "json_object"
+    assert parse(response_format={"type": "text"}).output_constraint is None
+    assert parse(guided_choice=["a", "b"]).output_constraint.kind == "choice"
+    assert parse(guided_json='{"type": "object"}').output_constraint.kind == "json_schema"
+    assert parse(structured_outputs={"regex": "[0-9]+"}).output_constraint.kind == "regex"
+    assert "only one output constraint" in refused(guided_regex="a", guided_choice=["a"])
+    assert "stop cannot be combined" in refused(response_format={"type": "json_object"}, stop="}")
+    assert "exactly one" in refused(structured_outputs={})
+
+
 def test_what_cannot_be_honoured_yet_is_refused_with_the_reason():
-    assert "not supported yet" in refused(response_format={"type": "json_object"})
-    schema = {"name": "answer", "schema": {"type": "object"}}
-    assert "not supported yet" in refused(
-        response_format={"type": "json_schema", "json_schema": schema}
-    )
     tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]
     assert "tools are not supported yet" in refused(tools=tools)
     # Declared but naming another function: the more precise complaint comes first.

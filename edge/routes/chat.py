@@ -145,7 +145,12 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request):
             return _blocked_before_generation(completion, body)
         messages = await state.grounding.ground(body, access, messages)
         deltas = state.generation.generate(
-            access.model.name, messages, sampling, body.n, state.settings.request_timeout_s
+            access.model.name,
+            messages,
+            sampling,
+            body.n,
+            state.settings.request_timeout_s,
+            constraint=body.output_constraint,
         )
         guards = [OutputGuard(moderator) for _ in range(body.n)] if moderator else None
         if body.stream:

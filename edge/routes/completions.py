@@ -258,6 +258,7 @@ async def create_completion(body: CompletionRequest, request: Request):
                 body.n,
                 state.settings.request_timeout_s,
                 add_special_tokens=body.add_special_tokens,
+                constraint=body.output_constraint,
             )
             for prompt in body.prompt
         ]
