@@ -19,6 +19,12 @@ from services.generation.metrics import EngineMetrics
 from services.generation.onnx_model import OnnxCausalLM
 from services.generation.prefix_cache import PrefixCache
 from services.generation.tokenizer import TextTokenizer
+from services.generation.tools import (
+    ToolFormat,
+    generic_messages,
+    template_renders_tools,
+    tool_format_for,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -31,9 +37,15 @@ class LoadedModel:
     engine: GenerationEngine
     grammars: GrammarCompiler
 
-    def render_prompt(self, messages: Sequence[ChatMessage]) -> tuple[str, list[int]]:
+    @property
+    def tool_format(self) -> ToolFormat:
+        return tool_format_for(self.record.chat_template)
+
+    def render_prompt(
+        self, messages: Sequence[ChatMessage], tools: Sequence[dict] | None = None
+    ) -> tuple[str, list[int]]:
         """Chat template -> prompt text and ids; rejects prompts that leave no room to answer."""
-        prompt, ids = self.tokenize_chat(messages)
+        prompt, ids = self.tokenize_chat(messages, tools=tools)
         self.check_prompt(ids, "messages")
         return prompt, ids
 
@@ -42,8 +54,11 @@ class LoadedModel:
         messages: Sequence[ChatMessage],
         add_generation_prompt: bool = True,
         add_special_tokens: bool = False,
+        tools: Sequence[dict] | None = None,
     ) -> tuple[str, list[int]]:
-        """The chat template's rendering of `messages` and its token ids, unchecked."""
+        """The chat template's rendering of `messages` (and `tools`) and its token ids,
+        unchecked. A template without tools gets them, and past calls, in the generic format
+        (services/generation/tools.py)."""
         if not self.record.chat_template:
             raise InvalidArgument(
                 f"The model `{self.record.name}` has no chat template, so it cannot take chat "
@@ -51,7 +66,12 @@ class LoadedModel:
                 "--chat-template FILE.",
                 param="messages",
             )
-        prompt = self.template.render(messages, add_generation_prompt=add_generation_prompt)
+        native = template_renders_tools(self.record.chat_template)
+        if not native and (tools or any(m.tool_calls for m in messages)):
+            messages, tools = generic_messages(messages, tools or (), self.tool_format), None
+        prompt = self.template.render(
+            messages, add_generation_prompt=add_generation_prompt, tools=tools
+        )
         return prompt, self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
 
     def check_prompt(self, ids: list[int], param: str) -> None:

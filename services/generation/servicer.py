@@ -14,6 +14,7 @@ from services.common.rpc import rpc_method
 from services.generation.engine import FinishReason
 from services.generation.model_pool import LoadedModel, ModelPool
 from services.generation.sampler import ResolvedSampling
+from services.generation.tools import ToolUse
 
 MAX_N = 16
 _FINISH_REASONS = {
@@ -45,7 +46,63 @@ def _messages(request) -> list[ChatMessage]:
     return [ChatMessage.from_pb(m) for m in request.messages]
 
 
-def _prompt_ids(model: LoadedModel, request) -> tuple[list[int], str]:
+_TOOL_MODES = {
+    generation_pb2.TOOL_CHOICE_MODE_NONE: "none",
+    generation_pb2.TOOL_CHOICE_MODE_AUTO: "auto",
+    generation_pb2.TOOL_CHOICE_MODE_REQUIRED: "required",
+    generation_pb2.TOOL_CHOICE_MODE_FUNCTION: "function",
+}
+
+
+def _tools(request) -> list[dict]:
+    tools: list = []
+    if request.tools_json:
+        try:
+            tools = json.loads(request.tools_json)
+        except json.JSONDecodeError as error:
+            raise InvalidArgument(f"tools_json is not JSON: {error}", param="tools") from error
+        valid = isinstance(tools, list) and all(
+            isinstance(t, dict)
+            and isinstance(t.get("function"), dict)
+            and isinstance(t["function"].get("name"), str)
+            for t in tools
+        )
+        if not valid:
+            raise InvalidArgument("tools must be OpenAI function tools.", param="tools")
+    return tools
+
+
+def tool_use_from_pb(request) -> ToolUse:
+    """The request's tools and choice; INVALID_ARGUMENT for what cannot be followed."""
+    tools = _tools(request)
+    choice = request.tool_choice
+    mode = _TOOL_MODES.get(choice.mode, "auto" if tools else "none")
+    use = ToolUse(
+        tools=tuple(tools),
+        mode=mode,
+        function_name=choice.function_name,
+        parallel=choice.parallel_tool_calls if choice.HasField("parallel_tool_calls") else True,
+    )
+    if use.forced and not tools:
+        raise InvalidArgument(f"tool_choice `{mode}` needs tools.", param="tool_choice")
+    if mode == "function" and use.function_name not in use.names:
+        raise InvalidArgument(
+            f"tool_choice names `{use.function_name}`, which tools does not declare.",
+            param="tool_choice",
+        )
+    if tools and not request.messages:
+        raise InvalidArgument("tools need messages, not a raw prompt.", param="tools")
+    if use.forced and request.HasField("constraint"):
+        raise InvalidArgument(
+            "A forced tool call and an output constraint cannot be combined.",
+            param="tool_choice",
+        )
+    return use
+
+
+def _prompt_ids(
+    model: LoadedModel, request, tools: tuple[dict, ...] | None = None
+) -> tuple[list[int], str]:
     """The prompt's token ids from exactly one of messages, prompt, prompt_token_ids (blocking:
     tokenization), and the name of the field they came from."""
     given = [
@@ -62,7 +119,7 @@ def _prompt_ids(model: LoadedModel, request) -> tuple[list[int], str]:
             "Set exactly one of `messages`, `prompt` and `prompt_token_ids`.", param="prompt"
         )
     if request.messages:
-        return model.render_prompt(_messages(request))[1], "messages"
+        return model.render_prompt(_messages(request), tools)[1], "messages"
     if request.HasField("prompt"):
         ids = model.tokenizer.encode(request.prompt, request.add_special_tokens)
     else:
@@ -81,15 +138,22 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
         if not request.model:
             raise InvalidArgument("`model` is required.", param="model")
         model = await self._pool.get(request.model)
-        prompt_ids, param = await asyncio.to_thread(_prompt_ids, model, request)
+        tool_use = tool_use_from_pb(request)
+        prompt_ids, param = await asyncio.to_thread(_prompt_ids, model, request, tool_use.shown)
         sampling = SamplingParams.from_pb(request.sampling).with_defaults(
             model.record.default_sampling
         )
         model.check_sampling(sampling)
         room = model.room_for(prompt_ids, sampling.max_tokens, param)
         base = ResolvedSampling.resolve(sampling, room)
+        constraint = None
         if request.HasField("constraint"):
             constraint = constraint_from_pb(request.constraint)
+        elif tool_use.forced:
+            # tool_choice required or a function: the grammar of the family's call markup.
+            grammar_source = tool_use.forcing_grammar(model.tool_format)
+            constraint = OutputConstraint("lark", grammar_source, "tool_choice")
+        if constraint is not None:
             grammar = await asyncio.to_thread(model.grammars.compile, constraint)
             # The grammar decides where the output ends: a stop string would cut it short.
             base = replace(base, grammar=grammar, stop=(), ignore_eos=False)
@@ -99,16 +163,31 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
         # Completion i of a seeded request uses seed + i: reproducible, yet distinct.
         params = [replace(base, seed=base.seed + i) for i in range(count)]
         usage = common_pb2.Usage(prompt_tokens=len(prompt_ids))
+        parsers = tool_use.parsers(model.tool_format, count)
         async for event in model.engine.generate(prompt_ids, params):
+            text, calls = event.text, []
+            if parsers is not None:
+                parser = parsers[event.index]
+                text, calls = parser.push(text)
+                if event.finish_reason is not None:
+                    rest, more = parser.finish()
+                    text, calls = text + rest, calls + more
             response = generation_pb2.GenerateResponse(
                 index=event.index,
-                text=event.text,
+                text=text,
                 token_ids=event.token_ids,
                 usage=usage,
                 logprobs=[self._logprob_pb(model, lp) for lp in event.logprobs],
+                tool_calls=[call.to_pb() for call in calls],
             )
             if event.finish_reason is not None:
                 response.finish_reason = _FINISH_REASONS[event.finish_reason]
+                if (
+                    event.finish_reason is FinishReason.STOP
+                    and parsers
+                    and parsers[event.index].calls
+                ):
+                    response.finish_reason = generation_pb2.FINISH_REASON_TOOL_CALLS
                 response.usage.completion_tokens = event.completion_tokens
             yield response
 
@@ -142,6 +221,7 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
             else:
                 prompt, ids = model.tokenize_chat(
                     _messages(request),
+                    tools=_tools(request) or None,
                     add_generation_prompt=(
                         request.add_generation_prompt
                         if request.HasField("add_generation_prompt")
