@@ -22,7 +22,9 @@ from pydantic import (
     model_validator,
 )
 
-from services.common.domain import ChatMessage, OutputConstraint, SamplingParams
+from edge.generation_client import ToolUse
+from services.common.domain import ChatMessage, OutputConstraint, SamplingParams, ToolCall
+from services.common.schemas import closed_objects
 
 logger = logging.getLogger(__name__)
 
@@ -101,13 +103,26 @@ class ContentPart(OpenAIModel):
         return self
 
 
+class FunctionCallIn(OpenAIModel):
+    name: Annotated[str, Field(pattern=FUNCTION_NAME)]
+    # A JSON object as text, as OpenAI sends it back.
+    arguments: str
+
+
+class ToolCallIn(OpenAIModel):
+    id: Annotated[str, Field(min_length=1, max_length=256)]
+    type: Literal["function"] = "function"
+    function: FunctionCallIn
+
+
 class ChatMessageIn(OpenAIModel):
-    # Checked field by field (defaults too), so an error names the field it is about.
+    # Checked field by field (defaults too), so an error names the field it is about; the
+    # calls come before the content, which an assistant message with calls may leave out.
     role: str
+    tool_calls: list[ToolCallIn] | None = None
     content: str | list[ContentPart] | None = Field(default=None, validate_default=True)
     name: str | None = Field(default=None, validate_default=True)
     tool_call_id: str | None = Field(default=None, validate_default=True)
-    tool_calls: list[dict] | None = None
     function_call: dict | None = None
 
     @field_validator("role")
@@ -120,7 +135,10 @@ class ChatMessageIn(OpenAIModel):
     @field_validator("content")
     @classmethod
     def _has_content(cls, content, info: ValidationInfo):
-        if content is None and "role" in info.data:
+        calls = info.data.get("tool_calls")
+        if calls and info.data.get("role") != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        if content is None and "role" in info.data and not calls:
             raise ValueError(f"a message with role `{info.data['role']}` needs `content`")
         return content
 
@@ -138,12 +156,12 @@ class ChatMessageIn(OpenAIModel):
             raise ValueError("a message with role `tool` needs `tool_call_id`")
         return tool_call_id
 
-    @field_validator("tool_calls", "function_call")
+    @field_validator("function_call")
     @classmethod
-    def _no_tool_calls(cls, calls):
-        if calls:
-            raise ValueError("assistant tool calls in messages are not supported yet")
-        return calls
+    def _no_function_call(cls, call):
+        if call:
+            raise ValueError("the legacy function_call is not supported; send tool_calls")
+        return call
 
     def to_domain(self) -> ChatMessage:
         if isinstance(self.content, list):
@@ -155,6 +173,9 @@ class ChatMessageIn(OpenAIModel):
             content=content,
             name=self.name or "",
             tool_call_id=self.tool_call_id or "",
+            tool_calls=tuple(
+                ToolCall(c.id, c.function.name, c.function.arguments) for c in self.tool_calls or ()
+            ),
         )
 
 
@@ -194,19 +215,6 @@ class StructuredOutputs(OpenAIModel):
         return self
 
 
-def _closed_objects(schema: Any) -> Any:
-    """The schema with `additionalProperties: false` wherever an object schema leaves it out:
-    what OpenAI's strict mode requires of a schema, read as what it means."""
-    if isinstance(schema, list):
-        return [_closed_objects(item) for item in schema]
-    if not isinstance(schema, dict):
-        return schema
-    closed = {key: _closed_objects(value) for key, value in schema.items()}
-    if "properties" in schema or schema.get("type") == "object":
-        closed.setdefault("additionalProperties", False)
-    return closed
-
-
 def _schema_constraint(schema: dict | str, origin: str) -> OutputConstraint:
     if isinstance(schema, str):
         try:
@@ -215,6 +223,9 @@ def _schema_constraint(schema: dict | str, origin: str) -> OutputConstraint:
             raise ValueError(f"{origin} is not a JSON schema: {error}") from error
     if not isinstance(schema, dict):
         raise ValueError(f"{origin} must be a JSON schema object")
+    # Nothing beyond the declared properties where a schema leaves it open (OpenAI's strict
+    # mode requires it said); the output still validates against the schema as given.
+    schema = closed_objects(schema)
     return OutputConstraint("json_schema", json.dumps(schema, ensure_ascii=False), origin)
 
 
@@ -307,8 +318,6 @@ class GenerationRequest(RequestBody):
             found.append(OutputConstraint("json_object", "", "response_format"))
         elif rf is not None and rf.type == "json_schema":
             schema = rf.json_schema.schema_ if rf.json_schema else None
-            if schema is not None and rf.json_schema.strict:
-                schema = _closed_objects(schema)
             found.append(
                 _schema_constraint(schema, "response_format")
                 if schema is not None
@@ -370,7 +379,8 @@ class ChatCompletionRequest(GenerationRequest):
     max_completion_tokens: TokenCount | None = None
     logprobs: bool = False
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
-    # Tools: validated in OpenAI's shapes, then refused until supported.
+    # Tools: shown to the model as its chat template does; calls parsed from its output, or
+    # forced by constrained decoding for `required` and a named function.
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
@@ -393,8 +403,10 @@ class ChatCompletionRequest(GenerationRequest):
         return self
 
     def _check_unsupported(self) -> None:
-        """Refuses, with the reason, what this server cannot honour yet."""
-        declared = {tool.function.name for tool in self.tools or ()}
+        """Refuses, with the reason, tool use that cannot be followed."""
+        if self.tools and self.functions:
+            raise ValueError("send tools or the legacy functions, not both")
+        declared = {tool.function.name for tool in self.all_tools}
         choice = self.tool_choice
         if isinstance(choice, NamedToolChoice) and choice.function.name not in declared:
             raise ValueError(
@@ -402,8 +414,39 @@ class ChatCompletionRequest(GenerationRequest):
             )
         if choice == "required" and not declared:
             raise ValueError("tool_choice `required` needs tools")
-        if self.tools or self.functions:
-            raise ValueError("tools are not supported yet")
+        forced = declared and (choice == "required" or isinstance(choice, NamedToolChoice))
+        if forced and self.output_constraint is not None:
+            raise ValueError(
+                "a forced tool call (tool_choice) cannot be combined with "
+                f"{self.output_constraint.origin}"
+            )
+        if forced and self.stop:
+            raise ValueError(
+                "stop cannot be combined with a forced tool call: the call's grammar decides "
+                "where the output ends"
+            )
+
+    @property
+    def all_tools(self) -> list[Tool]:
+        """`tools`, or the legacy `functions` as tools."""
+        if self.functions:
+            return [Tool(type="function", function=f) for f in self.functions]
+        return list(self.tools or ())
+
+    def tool_use(self) -> ToolUse | None:
+        """The tools and tool choice for the generation service; None without tools."""
+        tools_json = self.tools_json()
+        if not tools_json:
+            return None
+        choice = self.tool_choice
+        if isinstance(choice, NamedToolChoice):
+            return ToolUse(tools_json, "function", choice.function.name, self.parallel_tool_calls)
+        return ToolUse(tools_json, choice or "auto", "", self.parallel_tool_calls)
+
+    def tools_json(self) -> str:
+        """The declared tools as the generation service takes them (a JSON list)."""
+        tools = [tool.model_dump(exclude_none=True, by_alias=True) for tool in self.all_tools]
+        return json.dumps(tools, ensure_ascii=False) if tools else ""
 
     def to_messages(self) -> list[ChatMessage]:
         return [message.to_domain() for message in self.messages]

@@ -80,6 +80,16 @@ def test_structured_output_becomes_one_output_constraint():
     constraint = parse(response_format={"type": "json_schema", "json_schema": schema})
     assert constraint.output_constraint.kind == "json_schema"
     assert json.loads(constraint.output_constraint.spec) == schema["schema"]
+    # Listed properties and nothing said of others: closed, as OpenAI's strict mode requires.
+    listed = {"type": "object", "properties": {"a": {"type": "object", "properties": {}}}}
+    closed = parse(
+        response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": listed}}
+    )
+    assert json.loads(closed.output_constraint.spec) == {
+        "type": "object",
+        "properties": {"a": {"type": "object", "properties": {}, "additionalProperties": False}},
+        "additionalProperties": False,
+    }
     assert parse(response_format={"type": "json_object"}).output_constraint.kind == "json_object"
     assert parse(response_format={"type": "text"}).output_constraint is None
     assert parse(guided_choice=["a", "b"]).output_constraint.kind == "choice"
@@ -92,7 +102,12 @@ def test_structured_output_becomes_one_output_constraint():
 
 def test_what_cannot_be_honoured_yet_is_refused_with_the_reason():
     tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]
-    assert "tools are not supported yet" in refused(tools=tools)
+    assert "cannot be combined" in refused(
+        tools=tools, tool_choice="required", response_format={"type": "json_object"}
+    )
+    assert "legacy function_call" in refused(
+        messages=[{"role": "assistant", "content": "", "function_call": {"name": "f"}}]
+    )
     # Declared but naming another function: the more precise complaint comes first.
     choice = {"type": "function", "function": {"name": "other"}}
     assert "tools does not declare" in refused(tools=tools, tool_choice=choice)

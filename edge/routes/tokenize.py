@@ -3,13 +3,14 @@ for `messages`. Not billable; authenticated and per serving like every API route
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field, model_validator
 
 from edge.auth import Access, caller_of, resolve_access, serving_id_of
-from edge.protocol import ChatMessageIn, RequestBody, TokenId
+from edge.protocol import ChatMessageIn, RequestBody, TokenId, Tool
 from edge.state import EdgeState
 from services.common.errors import InvalidArgument
 from services.common.records import ModelKind
@@ -28,6 +29,8 @@ class TokenizeRequest(RequestBody):
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     return_token_strs: bool = False
+    # With messages: rendered as chat completions render them.
+    tools: list[Tool] | None = None
 
     @model_validator(mode="after")
     def _check(self) -> TokenizeRequest:
@@ -35,6 +38,8 @@ class TokenizeRequest(RequestBody):
             raise ValueError("set exactly one of `prompt` and `messages`")
         if self.continue_final_message:
             raise ValueError("continue_final_message is not supported")
+        if self.tools and self.messages is None:
+            raise ValueError("tools need messages")
         return self
 
 
@@ -75,6 +80,12 @@ async def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
             messages=[m.to_domain() for m in body.messages],
             add_special_tokens=bool(body.add_special_tokens),
             add_generation_prompt=body.add_generation_prompt,
+            tools_json=json.dumps(
+                [t.model_dump(exclude_none=True, by_alias=True) for t in body.tools or ()],
+                ensure_ascii=False,
+            )
+            if body.tools
+            else "",
         )
     else:
         tokenized = await state.generation.tokenize(
