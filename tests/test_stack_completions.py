@@ -3,6 +3,8 @@ SDK and `requests`; a base model (no chat template) served through it."""
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import openai
 import pytest
@@ -217,6 +219,7 @@ def test_a_base_model_serves_completions_and_refuses_chat(stack, client, tiny_ba
         )
         *_, done = registry.ImportModel(request, timeout=300)
     assert done.model.chat_template == ""
+    time.sleep(1.2)  # the edge trusts its model list for EDGE_CATALOG_TTL_S (1 s here)
     admin_client = openai.OpenAI(
         base_url=f"{stack.base_url}/v1", api_key=stack.admin_token, max_retries=0
     )
