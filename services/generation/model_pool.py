@@ -183,6 +183,7 @@ class ModelPool:
         grammars = GrammarCompiler(
             artifact_dir / "tokenizer.json", model.vocab_size, tokenizer.eos_token_ids
         )
+        grammars.warm()
         return LoadedModel(
             record,
             tokenizer,
