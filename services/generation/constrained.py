@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import json
+import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,8 @@ import numpy as np
 
 from services.common.domain import OutputConstraint
 from services.common.errors import InvalidArgument
+
+logger = logging.getLogger(__name__)
 
 # Compact JSON with OpenAI's separators: no free whitespace, so a small model cannot loop on it.
 _JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
@@ -119,13 +122,16 @@ class GrammarMatcher:
         allowed = np.unpackbits(
             self._bitmask.view(np.uint8), bitorder="little", count=logits.shape[0]
         ).view(bool)
+        if not allowed.any():
+            # Only a matcher in its error state allows nothing; `done` then ends the sequence.
+            logger.warning("grammar allows no token: %s", self._matcher.get_error())
+            return logits
         return np.where(allowed, logits, np.float32(-np.inf))
 
     def consume(self, token: int) -> None:
-        if not self._matcher.consume_token(token):
-            # Only a token outside the mask gets here (e.g. a stop token id); the matcher is
-            # then in its error state, and `done` ends the sequence.
-            pass
+        # A token outside the mask leaves the matcher in its error state; `done` then ends
+        # the sequence.
+        self._matcher.consume_token(token)
 
     @property
     def done(self) -> bool:
