@@ -10,7 +10,17 @@ from edge.auth import authenticate, authenticate_serving
 from edge.body_limit import BodyLimitMiddleware
 from edge.errors import install_error_handlers
 from edge.metrics import MetricsMiddleware, metrics_router
-from edge.routes import admin, chat, documents, embeddings, info, models, retrieval
+from edge.routes import (
+    admin,
+    chat,
+    completions,
+    documents,
+    embeddings,
+    info,
+    models,
+    retrieval,
+    tokenize,
+)
 from edge.settings import EdgeSettings
 from edge.state import EdgeState
 
@@ -36,7 +46,7 @@ def build_app(settings: EdgeSettings) -> FastAPI:
     app.add_middleware(MetricsMiddleware)
 
     api = APIRouter()
-    for routes in (chat, models, embeddings, retrieval, documents, info):
+    for routes in (chat, completions, tokenize, models, embeddings, retrieval, documents, info):
         api.include_router(routes.router)
     # Every API route authenticates first, as a router dependency, so none can forget it.
     app.include_router(api, dependencies=[Depends(authenticate)])

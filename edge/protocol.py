@@ -9,6 +9,7 @@ cannot honour (structured output, tools) is refused with 400, never silently ign
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Annotated, Any, Literal
 
@@ -21,7 +22,9 @@ from pydantic import (
     model_validator,
 )
 
-from services.common.domain import ChatMessage, SamplingParams
+from edge.generation_client import ToolUse
+from services.common.domain import ChatMessage, OutputConstraint, SamplingParams, ToolCall
+from services.common.schemas import closed_objects
 
 logger = logging.getLogger(__name__)
 
@@ -100,13 +103,26 @@ class ContentPart(OpenAIModel):
         return self
 
 
+class FunctionCallIn(OpenAIModel):
+    name: Annotated[str, Field(pattern=FUNCTION_NAME)]
+    # A JSON object as text, as OpenAI sends it back.
+    arguments: str
+
+
+class ToolCallIn(OpenAIModel):
+    id: Annotated[str, Field(min_length=1, max_length=256)]
+    type: Literal["function"] = "function"
+    function: FunctionCallIn
+
+
 class ChatMessageIn(OpenAIModel):
-    # Checked field by field (defaults too), so an error names the field it is about.
+    # Checked field by field (defaults too), so an error names the field it is about; the
+    # calls come before the content, which an assistant message with calls may leave out.
     role: str
+    tool_calls: list[ToolCallIn] | None = None
     content: str | list[ContentPart] | None = Field(default=None, validate_default=True)
     name: str | None = Field(default=None, validate_default=True)
     tool_call_id: str | None = Field(default=None, validate_default=True)
-    tool_calls: list[dict] | None = None
     function_call: dict | None = None
 
     @field_validator("role")
@@ -119,7 +135,10 @@ class ChatMessageIn(OpenAIModel):
     @field_validator("content")
     @classmethod
     def _has_content(cls, content, info: ValidationInfo):
-        if content is None and "role" in info.data:
+        calls = info.data.get("tool_calls")
+        if calls and info.data.get("role") != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        if content is None and "role" in info.data and not calls:
             raise ValueError(f"a message with role `{info.data['role']}` needs `content`")
         return content
 
@@ -137,12 +156,12 @@ class ChatMessageIn(OpenAIModel):
             raise ValueError("a message with role `tool` needs `tool_call_id`")
         return tool_call_id
 
-    @field_validator("tool_calls", "function_call")
+    @field_validator("function_call")
     @classmethod
-    def _no_tool_calls(cls, calls):
-        if calls:
-            raise ValueError("assistant tool calls in messages are not supported yet")
-        return calls
+    def _no_function_call(cls, call):
+        if call:
+            raise ValueError("the legacy function_call is not supported; send tool_calls")
+        return call
 
     def to_domain(self) -> ChatMessage:
         if isinstance(self.content, list):
@@ -154,6 +173,9 @@ class ChatMessageIn(OpenAIModel):
             content=content,
             name=self.name or "",
             tool_call_id=self.tool_call_id or "",
+            tool_calls=tuple(
+                ToolCall(c.id, c.function.name, c.function.arguments) for c in self.tool_calls or ()
+            ),
         )
 
 
@@ -179,6 +201,34 @@ class ResponseFormat(OpenAIModel):
         return self
 
 
+class StructuredOutputs(OpenAIModel):
+    """vLLM's `structured_outputs`: one of a JSON schema, a regex or a choice of strings."""
+
+    json_: dict | str | None = Field(default=None, alias="json")
+    regex: str | None = None
+    choice: Annotated[list[str], Field(min_length=1)] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> StructuredOutputs:
+        if sum(v is not None for v in (self.json_, self.regex, self.choice)) != 1:
+            raise ValueError("set exactly one of `json`, `regex` and `choice`")
+        return self
+
+
+def _schema_constraint(schema: dict | str, origin: str) -> OutputConstraint:
+    if isinstance(schema, str):
+        try:
+            schema = json.loads(schema)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{origin} is not a JSON schema: {error}") from error
+    if not isinstance(schema, dict):
+        raise ValueError(f"{origin} must be a JSON schema object")
+    # Nothing beyond the declared properties where a schema leaves it open (OpenAI's strict
+    # mode requires it said); the output still validates against the schema as given.
+    schema = closed_objects(schema)
+    return OutputConstraint("json_schema", json.dumps(schema, ensure_ascii=False), origin)
+
+
 class FunctionDefinition(OpenAIModel):
     name: Annotated[str, Field(pattern=FUNCTION_NAME)]
     description: str | None = None
@@ -200,9 +250,10 @@ class NamedToolChoice(OpenAIModel):
     function: FunctionName
 
 
-class ChatCompletionRequest(RequestBody):
+class GenerationRequest(RequestBody):
+    """What chat and legacy completions share: the model, streaming and sampling, bounded."""
+
     model: str = Field(min_length=1)
-    messages: Annotated[list[ChatMessageIn], Field(min_length=1)]
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
@@ -211,7 +262,6 @@ class ChatCompletionRequest(RequestBody):
     top_k: Annotated[int, Field(ge=-1, le=MAX_INT32)] | None = None
     repetition_penalty: Annotated[float, Field(gt=0, le=10)] | None = None
     max_tokens: TokenCount | None = None
-    max_completion_tokens: TokenCount | None = None
     stop: str | list[str] | None = None
     seed: Seed | None = None
     presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
@@ -219,26 +269,15 @@ class ChatCompletionRequest(RequestBody):
     n: Annotated[int, Field(ge=1, le=16)] = 1
     user: str | None = None
     logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
-    logprobs: bool = False
-    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
-    # Structured output and tools: validated in OpenAI's shapes, then refused until supported.
-    response_format: ResponseFormat | None = None
-    tools: list[Tool] | None = None
-    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
-    parallel_tool_calls: bool | None = None
-    functions: list[FunctionDefinition] | None = None
     # Not in OpenAI's API; accepted as vLLM does.
     stop_token_ids: list[TokenId] | None = None
     ignore_eos: bool = False
-    # Retrieval overrides as the node API names them (one value, or one per collection).
-    vdb_collection_name: list[str] | None = None
-    limit: list[Annotated[int, Field(ge=1, le=100)]] | None = None
-    score_threshold: list[Annotated[float, Field(ge=-1, le=1)]] | None = None
-
-    @field_validator("vdb_collection_name", "limit", "score_threshold", mode="before")
-    @classmethod
-    def _one_or_many(cls, value):
-        return value if value is None or isinstance(value, list) else [value]
+    # Structured output: OpenAI's response_format, and vLLM's extensions (at most one of them).
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputs | None = None
+    guided_json: dict | str | None = None
+    guided_regex: str | None = None
+    guided_choice: Annotated[list[str], Field(min_length=1)] | None = None
 
     @field_validator("stop")
     @classmethod
@@ -259,45 +298,65 @@ class ChatCompletionRequest(RequestBody):
         return logit_bias
 
     @model_validator(mode="after")
-    def _check(self) -> ChatCompletionRequest:
-        if self.top_logprobs and not self.logprobs:
-            raise ValueError("top_logprobs requires logprobs to be true")
+    def _check_stream_options(self) -> GenerationRequest:
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options is only allowed when stream is true")
-        self._check_unsupported()
+        constraint = self.output_constraint
+        if constraint is not None and self.stop:
+            raise ValueError(
+                f"stop cannot be combined with {constraint.origin}: the grammar decides where "
+                "the output ends, and a stop string would cut it short"
+            )
         return self
 
-    def _check_unsupported(self) -> None:
-        """Refuses, with the reason, what this server cannot honour yet."""
-        declared = {tool.function.name for tool in self.tools or ()}
-        choice = self.tool_choice
-        if isinstance(choice, NamedToolChoice) and choice.function.name not in declared:
-            raise ValueError(
-                f"tool_choice names `{choice.function.name}`, which tools does not declare"
+    @property
+    def output_constraint(self) -> OutputConstraint | None:
+        """The grammar the output must follow, from whichever field asked for one."""
+        found: list[OutputConstraint] = []
+        rf = self.response_format
+        if rf is not None and rf.type == "json_object":
+            found.append(OutputConstraint("json_object", "", "response_format"))
+        elif rf is not None and rf.type == "json_schema":
+            schema = rf.json_schema.schema_ if rf.json_schema else None
+            found.append(
+                _schema_constraint(schema, "response_format")
+                if schema is not None
+                else OutputConstraint("json_object", "", "response_format")
             )
-        if choice == "required" and not declared:
-            raise ValueError("tool_choice `required` needs tools")
-        if self.response_format is not None and self.response_format.type != "text":
-            raise ValueError(
-                f"response_format `{self.response_format.type}` is not supported yet; only `text`"
-            )
-        if self.tools or self.functions:
-            raise ValueError("tools are not supported yet")
+        so = self.structured_outputs
+        if so is not None:
+            if so.json_ is not None:
+                found.append(_schema_constraint(so.json_, "structured_outputs"))
+            elif so.regex is not None:
+                found.append(OutputConstraint("regex", so.regex, "structured_outputs"))
+            else:
+                choices = json.dumps(so.choice, ensure_ascii=False)
+                found.append(OutputConstraint("choice", choices, "structured_outputs"))
+        if self.guided_json is not None:
+            found.append(_schema_constraint(self.guided_json, "guided_json"))
+        if self.guided_regex is not None:
+            found.append(OutputConstraint("regex", self.guided_regex, "guided_regex"))
+        if self.guided_choice is not None:
+            choices = json.dumps(self.guided_choice, ensure_ascii=False)
+            found.append(OutputConstraint("choice", choices, "guided_choice"))
+        if len(found) > 1:
+            names = ", ".join(c.origin for c in found)
+            raise ValueError(f"only one output constraint may be given, not {names}")
+        return found[0] if found else None
 
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
-    def to_messages(self) -> list[ChatMessage]:
-        return [message.to_domain() for message in self.messages]
-
-    def to_sampling_params(self) -> SamplingParams:
+    def _sampling_params(
+        self, max_tokens: int | None, logprobs: bool, top_logprobs: int
+    ) -> SamplingParams:
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         return SamplingParams(
             temperature=self.temperature,
             top_p=self.top_p,
             top_k=max(self.top_k, 0) if self.top_k is not None else None,
-            max_tokens=self.max_completion_tokens or self.max_tokens,
+            max_tokens=max_tokens,
             stop=tuple(stop),
             seed=self.seed % 2**64 if self.seed is not None else None,
             presence_penalty=self.presence_penalty,
@@ -305,9 +364,96 @@ class ChatCompletionRequest(RequestBody):
             repetition_penalty=self.repetition_penalty,
             logit_bias=tuple(sorted((int(k), v) for k, v in (self.logit_bias or {}).items())),
             stop_token_ids=tuple(self.stop_token_ids or ()),
-            logprobs=self.logprobs,
-            top_logprobs=self.top_logprobs or 0,
+            logprobs=logprobs,
+            top_logprobs=top_logprobs,
             ignore_eos=self.ignore_eos,
+        )
+
+    def log_ignored_fields(self) -> None:
+        if self.ignored_fields:
+            logger.info("ignoring unsupported request fields: %s", ", ".join(self.ignored_fields))
+
+
+class ChatCompletionRequest(GenerationRequest):
+    messages: Annotated[list[ChatMessageIn], Field(min_length=1)]
+    max_completion_tokens: TokenCount | None = None
+    logprobs: bool = False
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    # Tools: shown to the model as its chat template does; calls parsed from its output, or
+    # forced by constrained decoding for `required` and a named function.
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    functions: list[FunctionDefinition] | None = None
+    # Retrieval overrides as the node API names them (one value, or one per collection).
+    vdb_collection_name: list[str] | None = None
+    limit: list[Annotated[int, Field(ge=1, le=100)]] | None = None
+    score_threshold: list[Annotated[float, Field(ge=-1, le=1)]] | None = None
+
+    @field_validator("vdb_collection_name", "limit", "score_threshold", mode="before")
+    @classmethod
+    def _one_or_many(cls, value):
+        return value if value is None or isinstance(value, list) else [value]
+
+    @model_validator(mode="after")
+    def _check(self) -> ChatCompletionRequest:
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs requires logprobs to be true")
+        self._check_unsupported()
+        return self
+
+    def _check_unsupported(self) -> None:
+        """Refuses, with the reason, tool use that cannot be followed."""
+        if self.tools and self.functions:
+            raise ValueError("send tools or the legacy functions, not both")
+        declared = {tool.function.name for tool in self.all_tools}
+        choice = self.tool_choice
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in declared:
+            raise ValueError(
+                f"tool_choice names `{choice.function.name}`, which tools does not declare"
+            )
+        if choice == "required" and not declared:
+            raise ValueError("tool_choice `required` needs tools")
+        forced = declared and (choice == "required" or isinstance(choice, NamedToolChoice))
+        if forced and self.output_constraint is not None:
+            raise ValueError(
+                "a forced tool call (tool_choice) cannot be combined with "
+                f"{self.output_constraint.origin}"
+            )
+        if forced and self.stop:
+            raise ValueError(
+                "stop cannot be combined with a forced tool call: the call's grammar decides "
+                "where the output ends"
+            )
+
+    @property
+    def all_tools(self) -> list[Tool]:
+        """`tools`, or the legacy `functions` as tools."""
+        if self.functions:
+            return [Tool(type="function", function=f) for f in self.functions]
+        return list(self.tools or ())
+
+    def tool_use(self) -> ToolUse | None:
+        """The tools and tool choice for the generation service; None without tools."""
+        tools_json = self.tools_json()
+        if not tools_json:
+            return None
+        choice = self.tool_choice
+        if isinstance(choice, NamedToolChoice):
+            return ToolUse(tools_json, "function", choice.function.name, self.parallel_tool_calls)
+        return ToolUse(tools_json, choice or "auto", "", self.parallel_tool_calls)
+
+    def tools_json(self) -> str:
+        """The declared tools as the generation service takes them (a JSON list)."""
+        tools = [tool.model_dump(exclude_none=True, by_alias=True) for tool in self.all_tools]
+        return json.dumps(tools, ensure_ascii=False) if tools else ""
+
+    def to_messages(self) -> list[ChatMessage]:
+        return [message.to_domain() for message in self.messages]
+
+    def to_sampling_params(self) -> SamplingParams:
+        return self._sampling_params(
+            self.max_completion_tokens or self.max_tokens, self.logprobs, self.top_logprobs or 0
         )
 
     def log_ignored_fields(self) -> None:

@@ -29,6 +29,7 @@ from services.registry.importer import ModelImporter
 from services.registry.settings import RegistrySettings
 
 REPO = Path(__file__).resolve().parent.parent
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
 def pytest_terminal_summary(terminalreporter, config):
@@ -66,21 +67,29 @@ def embedding_model(cache_dir: Path) -> ModelRecord:
     )
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+def tiny_checkpoint_of(
+    model, out: Path, chat_model: ModelRecord, with_template: bool = True
+) -> Path:
+    """`model` saved with SmolLM2's tokenizer (and chat template, unless not): a real HF
+    checkpoint."""
+    import json
 
-
-def tiny_checkpoint_of(model, out: Path, chat_model: ModelRecord) -> Path:
-    """`model` saved with SmolLM2's tokenizer and chat template: a real HF checkpoint."""
     model.save_pretrained(out)
     artifact = Path(chat_model.artifact_dir)
-    for name in (*TOKENIZER_FILES, "chat_template.jinja"):
+    for name in TOKENIZER_FILES:
         shutil.copy(artifact / name, out / name)
+    if with_template:
+        shutil.copy(artifact / "chat_template.jinja", out / "chat_template.jinja")
+    else:
+        config_path = out / "tokenizer_config.json"
+        tokenizer_config = json.loads(config_path.read_text())
+        tokenizer_config.pop("chat_template", None)
+        config_path.write_text(json.dumps(tokenizer_config))
     return out
 
 
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory, chat_model) -> Path:
-    """A two-layer Llama (the model builder's; GQA graphs) that exports in seconds."""
+def _tiny_llama():
+    """A two-layer Llama (the model builder's: GQA graphs) that exports in seconds."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -96,8 +105,19 @@ def tiny_checkpoint(tmp_path_factory, chat_model) -> Path:
         bos_token_id=1,
         eos_token_id=2,
     )
+    return LlamaForCausalLM(config)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, chat_model) -> Path:
+    return tiny_checkpoint_of(_tiny_llama(), tmp_path_factory.mktemp("tiny-llama"), chat_model)
+
+
+@pytest.fixture(scope="session")
+def tiny_base_checkpoint(tmp_path_factory, chat_model) -> Path:
+    """The same without a chat template: a base model, which serves completions only."""
     return tiny_checkpoint_of(
-        LlamaForCausalLM(config), tmp_path_factory.mktemp("tiny-llama"), chat_model
+        _tiny_llama(), tmp_path_factory.mktemp("tiny-base"), chat_model, with_template=False
     )
 
 

@@ -75,14 +75,39 @@ def test_out_of_range_or_malformed_fields_are_refused(fields):
     refused(**fields)
 
 
-def test_what_cannot_be_honoured_yet_is_refused_with_the_reason():
-    assert "not supported yet" in refused(response_format={"type": "json_object"})
-    schema = {"name": "answer", "schema": {"type": "object"}}
-    assert "not supported yet" in refused(
-        response_format={"type": "json_schema", "json_schema": schema}
+def test_structured_output_becomes_one_output_constraint():
+    schema = {"name": "answer", "schema": {"type": "object", "required": ["a"]}}
+    constraint = parse(response_format={"type": "json_schema", "json_schema": schema})
+    assert constraint.output_constraint.kind == "json_schema"
+    assert json.loads(constraint.output_constraint.spec) == schema["schema"]
+    # Listed properties and nothing said of others: closed, as OpenAI's strict mode requires.
+    listed = {"type": "object", "properties": {"a": {"type": "object", "properties": {}}}}
+    closed = parse(
+        response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": listed}}
     )
+    assert json.loads(closed.output_constraint.spec) == {
+        "type": "object",
+        "properties": {"a": {"type": "object", "properties": {}, "additionalProperties": False}},
+        "additionalProperties": False,
+    }
+    assert parse(response_format={"type": "json_object"}).output_constraint.kind == "json_object"
+    assert parse(response_format={"type": "text"}).output_constraint is None
+    assert parse(guided_choice=["a", "b"]).output_constraint.kind == "choice"
+    assert parse(guided_json='{"type": "object"}').output_constraint.kind == "json_schema"
+    assert parse(structured_outputs={"regex": "[0-9]+"}).output_constraint.kind == "regex"
+    assert "only one output constraint" in refused(guided_regex="a", guided_choice=["a"])
+    assert "stop cannot be combined" in refused(response_format={"type": "json_object"}, stop="}")
+    assert "exactly one" in refused(structured_outputs={})
+
+
+def test_what_cannot_be_honoured_yet_is_refused_with_the_reason():
     tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]
-    assert "tools are not supported yet" in refused(tools=tools)
+    assert "cannot be combined" in refused(
+        tools=tools, tool_choice="required", response_format={"type": "json_object"}
+    )
+    assert "legacy function_call" in refused(
+        messages=[{"role": "assistant", "content": "", "function_call": {"name": "f"}}]
+    )
     # Declared but naming another function: the more precise complaint comes first.
     choice = {"type": "function", "function": {"name": "other"}}
     assert "tools does not declare" in refused(tools=tools, tool_choice=choice)

@@ -402,24 +402,43 @@ def test_cli_manages_servings_keys_and_usage(tmp_path, chat_model):
     assert "/v1/chat/completions" not in embeddings
 
 
-def test_a_chat_source_without_a_template_fails_before_any_export(tmp_path):
-    """The check reads metadata only: a GGUF with no tensors at all is enough to refuse."""
-    from gguf import GGUFWriter
+def test_a_base_model_imports_without_a_template_and_takes_one_from_a_file(
+    tmp_path, tiny_base_checkpoint, cache_dir
+):
+    importer = ModelImporter(cache_dir)
+    base = importer.import_model("base", ModelKind.CHAT, tiny_base_checkpoint, lambda *_: None)
+    assert base.chat_template == ""
+    template = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}assistant:"
+    with_template = importer.import_model(
+        "base-chat",
+        ModelKind.CHAT,
+        tiny_base_checkpoint,
+        lambda *_: None,
+        chat_template=template,
+    )
+    assert with_template.chat_template == template
+    # The same export serves both.
+    assert with_template.artifact_dir == base.artifact_dir
+    with pytest.raises(InvalidArgument, match="not valid Jinja") as refused:
+        importer.import_model(
+            "broken", ModelKind.CHAT, tiny_base_checkpoint, lambda *_: None, chat_template="{% if"
+        )
+    assert refused.value.param == "chat_template"
 
-    gguf_path = tmp_path / "base.gguf"
-    writer = GGUFWriter(gguf_path, "llama")
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    checkpoint = tmp_path / "base"
-    checkpoint.mkdir()
-    (checkpoint / "config.json").write_text("{}")
-    (checkpoint / "tokenizer_config.json").write_text('{"eos_token": "</s>"}')
-    importer = ModelImporter(tmp_path / "cache")
-    stages = []
-    for source in (gguf_path, checkpoint):
-        with pytest.raises(InvalidArgument, match="no chat template"):
-            importer.import_model("base", ModelKind.CHAT, source, lambda s, f: stages.append(s))
-    assert stages == []  # not even hashed, let alone exported
-    assert not (tmp_path / "cache").exists()
+    # The CLI reads the template from a file.
+    template_file = tmp_path / "template.jinja"
+    template_file.write_text(template)
+    env = {
+        **os.environ,
+        "REGISTRY_DB_PATH": str(tmp_path / "cli.db"),
+        "REGISTRY_CACHE_DIR": str(cache_dir),
+    }
+    command = [sys.executable, "-m", "services.registry", "import", "base-cli"]
+    command += [str(tiny_base_checkpoint), "--chat-template", str(template_file)]
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    store = RegistryStore(tmp_path / "cli.db")
+    try:
+        assert store.get_model("base-cli").chat_template == template
+    finally:
+        store.close()

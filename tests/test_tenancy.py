@@ -24,6 +24,11 @@ SERVING_ROUTES = SERVING_PREFIX.replace(":int", "")
 # One cheap request per operation: what each caller sends on every route.
 ROWS: dict[tuple[str, str], dict] = {
     ("post", "/v1/chat/completions"): {"json": CHAT},
+    ("post", "/v1/completions"): {
+        "json": {"model": DEFAULT_CHAT_MODEL, "prompt": "Hi", "max_tokens": 1}
+    },
+    ("post", "/tokenize"): {"json": {"model": DEFAULT_CHAT_MODEL, "prompt": "Hi"}},
+    ("post", "/detokenize"): {"json": {"model": DEFAULT_CHAT_MODEL, "tokens": [28]}},
     ("get", "/v1/models"): {},
     ("post", "/v1/models"): {},
     ("post", "/v1/embeddings"): {"json": {"model": DEFAULT_EMBEDDING_MODEL, "input": "hi"}},
@@ -54,6 +59,8 @@ ADMIN_ROWS: dict[tuple[str, str], dict] = {
     ("get", "/admin/v1/usage"): {},
 }
 PUBLIC = {("get", "/health")}
+# Plain routes that have no per-serving twin.
+NOT_PER_SERVING = {"/metrics"}
 
 
 def route_table() -> set[tuple[str, str]]:
@@ -67,7 +74,7 @@ def test_every_route_has_a_row():
     plain = table - serving_paths
     assert plain == set(ROWS) | set(ADMIN_ROWS) | PUBLIC
     # Every plain API route exists for a serving too, and nothing else does.
-    assert serving_paths == {(m, SERVING_ROUTES + p) for m, p in ROWS if p.startswith("/v1/")}
+    assert serving_paths == {(m, SERVING_ROUTES + p) for m, p in ROWS if p not in NOT_PER_SERVING}
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +102,7 @@ MATRIX = [
     pytest.param(operation, serving_route, id=f"{operation[0]} {prefix}{operation[1]}")
     for operation in sorted(ROWS)
     for serving_route, prefix in ((False, ""), (True, "serving:"))
-    if operation[1].startswith("/v1/") or not serving_route
+    if operation[1] not in NOT_PER_SERVING or not serving_route
 ]
 
 

@@ -19,7 +19,7 @@ from edge.moderation import Moderator, OutputGuard, TermListModerator
 from edge.protocol import ChatCompletionRequest, usage_dict
 from edge.state import EdgeState
 from edge.tracking import RequestTracker, track
-from services.common.domain import ChatMessage, SamplingParams
+from services.common.domain import ChatMessage, SamplingParams, ToolCall
 from services.common.logs import request_id_var
 from services.common.records import ModelKind, ModerationAction
 
@@ -75,6 +75,7 @@ class _Completion:
         logprobs: list[list[dict] | None],
         usage: dict,
         blocked: bool,
+        tool_calls: list[list[ToolCall]] | None = None,
     ) -> dict:
         body = {
             "id": self.id,
@@ -84,7 +85,7 @@ class _Completion:
             "choices": [
                 {
                     "index": i,
-                    "message": {"role": "assistant", "content": text},
+                    "message": _message(text, tool_calls[i] if tool_calls else []),
                     "logprobs": (
                         {"content": logprobs[i], "refusal": None}
                         if logprobs[i] is not None
@@ -101,7 +102,37 @@ class _Completion:
         return body
 
 
-def _moderator(access: Access, default_terms: str) -> Moderator | None:
+def _message(text: str, calls: list[ToolCall]) -> dict:
+    message: dict = {"role": "assistant", "content": text}
+    if calls:
+        # OpenAI: content is null when the reply is only calls.
+        message["content"] = text or None
+        message["tool_calls"] = [_tool_call_json(call) for call in calls]
+    return message
+
+
+def _tool_call_json(call: ToolCall) -> dict:
+    return {
+        "id": call.id,
+        "type": "function",
+        "function": {"name": call.name, "arguments": call.arguments},
+    }
+
+
+def _tool_call_deltas(first_index: int, calls: tuple[ToolCall, ...]) -> list[dict]:
+    """A whole call as OpenAI streams one: its index, id, type and name with empty arguments,
+    then the arguments (here in one fragment, so they are never broken or repeated)."""
+    deltas = []
+    for offset, call in enumerate(calls):
+        index = first_index + offset
+        opening = {**_tool_call_json(call), "index": index}
+        opening["function"] = {"name": call.name, "arguments": ""}
+        deltas.append({"tool_calls": [opening]})
+        deltas.append({"tool_calls": [{"index": index, "function": {"arguments": call.arguments}}]})
+    return deltas
+
+
+def moderator_of(access: Access, default_terms: str) -> Moderator | None:
     policy = access.serving.moderation if access.serving else None
     if policy is None or not policy.enabled:
         return None
@@ -138,14 +169,20 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request):
     )
     try:
         messages, sampling = _with_serving_settings(access, messages, body.to_sampling_params())
-        moderator = _moderator(access, state.settings.moderation_default_terms)
+        moderator = moderator_of(access, state.settings.moderation_default_terms)
         if moderator and any(moderator.find(m.content) for m in messages):
             tracker.blocked = True
             tracker.settle()
             return _blocked_before_generation(completion, body)
         messages = await state.grounding.ground(body, access, messages)
         deltas = state.generation.generate(
-            access.model.name, messages, sampling, body.n, state.settings.request_timeout_s
+            access.model.name,
+            messages,
+            sampling,
+            body.n,
+            state.settings.request_timeout_s,
+            constraint=body.output_constraint,
+            tool_use=body.tool_use(),
         )
         guards = [OutputGuard(moderator) for _ in range(body.n)] if moderator else None
         if body.stream:
@@ -195,9 +232,11 @@ async def _collect(
     texts = [[] for _ in range(body.n)]
     logprobs: list[list[dict] | None] = [[] if body.logprobs else None for _ in range(body.n)]
     finish: list[str | None] = [None] * body.n
+    calls: list[list[ToolCall]] = [[] for _ in range(body.n)]
     try:
         async for delta in deltas:
             tracker.count(delta)
+            calls[delta.index].extend(delta.tool_calls)
             text = delta.text
             if guards:
                 text = guards[delta.index].push(text, final=delta.finish_reason is not None)
@@ -216,7 +255,12 @@ async def _collect(
         if action is ModerationAction.WITHHOLD:
             texts = [[] for _ in range(body.n)]
     payload = completion.body(
-        ["".join(parts) for parts in texts], finish, logprobs, tracker.usage(), tracker.blocked
+        ["".join(parts) for parts in texts],
+        finish,
+        logprobs,
+        tracker.usage(),
+        tracker.blocked,
+        calls,
     )
     return JSONResponse(payload, headers={"x-request-id": completion.id})
 
@@ -236,6 +280,8 @@ async def _stream(
         await deltas.aclose()
         raise
     tracker.count(first)
+
+    calls_sent = [0] * body.n
 
     async def events() -> AsyncIterator[str]:
         finished = 0
@@ -258,6 +304,9 @@ async def _stream(
                             )
                         ]
                     )
+                for call_delta in _tool_call_deltas(calls_sent[index], delta.tool_calls):
+                    yield completion.chunk([completion.choice_delta(index, call_delta)])
+                calls_sent[index] += len(delta.tool_calls)
                 if guards and guards[index].flagged:
                     tracker.blocked = True
                     yield completion.chunk(

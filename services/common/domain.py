@@ -32,19 +32,47 @@ def _float32_digits(value: float) -> float:
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    """A function call: its id, the function's name, the arguments as JSON object text."""
+
+    id: str
+    name: str
+    arguments: str
+
+    @classmethod
+    def from_pb(cls, pb: common_pb2.ToolCall) -> ToolCall:
+        return cls(id=pb.id, name=pb.name, arguments=pb.arguments)
+
+    def to_pb(self) -> common_pb2.ToolCall:
+        return common_pb2.ToolCall(id=self.id, name=self.name, arguments=self.arguments)
+
+
+@dataclass(frozen=True)
 class ChatMessage:
     role: str
     content: str
     name: str = ""
     tool_call_id: str = ""
+    # An assistant message's function calls.
+    tool_calls: tuple[ToolCall, ...] = ()
 
     @classmethod
     def from_pb(cls, pb: common_pb2.ChatMessage) -> ChatMessage:
-        return cls(role=pb.role, content=pb.content, name=pb.name, tool_call_id=pb.tool_call_id)
+        return cls(
+            role=pb.role,
+            content=pb.content,
+            name=pb.name,
+            tool_call_id=pb.tool_call_id,
+            tool_calls=tuple(ToolCall.from_pb(c) for c in pb.tool_calls),
+        )
 
     def to_pb(self) -> common_pb2.ChatMessage:
         return common_pb2.ChatMessage(
-            role=self.role, content=self.content, name=self.name, tool_call_id=self.tool_call_id
+            role=self.role,
+            content=self.content,
+            name=self.name,
+            tool_call_id=self.tool_call_id,
+            tool_calls=[c.to_pb() for c in self.tool_calls],
         )
 
 
@@ -119,6 +147,36 @@ class SamplingParams:
             ignore_eos=self.ignore_eos,
             **{k: v for k, v in values.items() if v is not None},
         )
+
+
+CONSTRAINT_KINDS = ("json_object", "json_schema", "regex", "choice", "lark")
+_CONSTRAINT_NAMES = {
+    "json_object": "JSON object format",
+    "json_schema": "JSON schema",
+    "regex": "regular expression",
+    "choice": "choice",
+    "lark": "grammar",
+}
+
+
+@dataclass(frozen=True)
+class OutputConstraint:
+    """A grammar the output must follow (structured output).
+
+    `spec`: the JSON schema (serialized), the regex, the Lark grammar, or the choices as a JSON
+    list; empty for json_object. `origin` is the request field it came from, for errors."""
+
+    kind: str
+    spec: str = ""
+    origin: str = "response_format"
+
+    @property
+    def description(self) -> str:
+        return _CONSTRAINT_NAMES.get(self.kind, self.kind)
+
+    @property
+    def param(self) -> str:
+        return self.origin
 
 
 DEFAULT_N_PREDICT = 1024

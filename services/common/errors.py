@@ -31,8 +31,8 @@ class InvalidArgument(ServiceError):
 
 
 class ContextLengthExceeded(InvalidArgument):
-    def __init__(self, message: str):
-        super().__init__(message, code="context_length_exceeded", param="messages")
+    def __init__(self, message: str, param: str = "messages"):
+        super().__init__(message, code="context_length_exceeded", param=param)
 
 
 class NotFound(ServiceError):

@@ -18,6 +18,14 @@ def _raise_exception(message: str):
     raise InvalidArgument(f"The chat template rejected the conversation: {message}")
 
 
+def _mapping(arguments: str):
+    try:
+        value = json.loads(arguments)
+    except json.JSONDecodeError:
+        return arguments
+    return value if isinstance(value, dict) else arguments
+
+
 class ChatTemplate:
     def __init__(self, source: str, special_tokens: dict[str, str]):
         # Same environment options as transformers' apply_chat_template.
@@ -30,11 +38,19 @@ class ChatTemplate:
         env.globals["raise_exception"] = _raise_exception
         env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
         self._template = env.from_string(source)
+        self.source = source
         self._special_tokens = special_tokens
         # OpenAI's `developer` role replaces `system`; older templates only know the latter.
         self._knows_developer = "developer" in source
 
-    def render(self, messages: Sequence[ChatMessage], add_generation_prompt: bool = True) -> str:
+    def render(
+        self,
+        messages: Sequence[ChatMessage],
+        add_generation_prompt: bool = True,
+        tools: Sequence[dict] | None = None,
+    ) -> str:
+        """`tools` (OpenAI tool definitions) reach the template as its `tools` variable, and an
+        assistant's calls as `tool_calls` with arguments as a mapping, as transformers does."""
         conversation = []
         for message in messages:
             role = message.role
@@ -45,12 +61,23 @@ class ChatTemplate:
                 item["name"] = message.name
             if message.tool_call_id:
                 item["tool_call_id"] = message.tool_call_id
+            if message.tool_calls:
+                item["tool_calls"] = [
+                    {
+                        "id": call.id,
+                        "type": "function",
+                        "function": {"name": call.name, "arguments": _mapping(call.arguments)},
+                    }
+                    for call in message.tool_calls
+                ]
             conversation.append(item)
+        extra = {"tools": list(tools)} if tools else {}
         try:
             return self._template.render(
                 messages=conversation,
                 add_generation_prompt=add_generation_prompt,
                 **self._special_tokens,
+                **extra,
             )
         except TemplateError as error:
             raise InvalidArgument(f"The chat template failed to render: {error}") from error

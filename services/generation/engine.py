@@ -116,7 +116,7 @@ class _Sequence:
             finish = FinishReason.STOP
         else:
             text, stopped = self.stop_matcher.push(self.detokenizer.push(token))
-            if stopped:
+            if stopped or self.sampler.done:  # a stop string, or its grammar is complete
                 finish = FinishReason.STOP
             elif len(self.generated) >= self.params.max_tokens:
                 finish = FinishReason.LENGTH

@@ -13,11 +13,18 @@ from services.common.errors import ContextLengthExceeded, InvalidArgument
 from services.common.lazy_models import LazyModels
 from services.common.records import ModelKind, ModelRecord, chat_model_file
 from services.generation.chat_template import ChatTemplate
+from services.generation.constrained import GrammarCompiler
 from services.generation.engine import GenerationEngine
 from services.generation.metrics import EngineMetrics
 from services.generation.onnx_model import OnnxCausalLM
 from services.generation.prefix_cache import PrefixCache
 from services.generation.tokenizer import TextTokenizer
+from services.generation.tools import (
+    ToolFormat,
+    generic_messages,
+    template_renders_tools,
+    tool_format_for,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -28,23 +35,70 @@ class LoadedModel:
     tokenizer: TextTokenizer
     template: ChatTemplate
     engine: GenerationEngine
+    grammars: GrammarCompiler
 
     @property
     def context_length(self) -> int:
         """Tokens one sequence may hold here: the model's context, or a KV slot if shorter."""
         return self.engine.context_length
 
-    def render_prompt(self, messages: Sequence[ChatMessage]) -> tuple[str, list[int]]:
+    @property
+    def tool_format(self) -> ToolFormat:
+        return tool_format_for(self.record.chat_template)
+
+    def render_prompt(
+        self, messages: Sequence[ChatMessage], tools: Sequence[dict] | None = None
+    ) -> tuple[str, list[int]]:
         """Chat template -> prompt text and ids; rejects prompts that leave no room to answer."""
-        prompt = self.template.render(messages)
-        ids = self.tokenizer.encode(prompt)
+        prompt, ids = self.tokenize_chat(messages, tools=tools)
+        self.check_prompt(ids, "messages")
+        return prompt, ids
+
+    def tokenize_chat(
+        self,
+        messages: Sequence[ChatMessage],
+        add_generation_prompt: bool = True,
+        add_special_tokens: bool = False,
+        tools: Sequence[dict] | None = None,
+    ) -> tuple[str, list[int]]:
+        """The chat template's rendering of `messages` (and `tools`) and its token ids,
+        unchecked. A template without tools gets them, and past calls, in the generic format
+        (services/generation/tools.py)."""
+        if not self.record.chat_template:
+            raise InvalidArgument(
+                f"The model `{self.record.name}` has no chat template, so it cannot take chat "
+                "messages: send a raw prompt to /v1/completions, or import the model with "
+                "--chat-template FILE.",
+                param="messages",
+            )
+        native = template_renders_tools(self.record.chat_template)
+        if not native and (tools or any(m.tool_calls for m in messages)):
+            messages, tools = generic_messages(messages, tools or (), self.tool_format), None
+        prompt = self.template.render(
+            messages, add_generation_prompt=add_generation_prompt, tools=tools
+        )
+        return prompt, self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
+
+    def check_prompt(self, ids: list[int], param: str) -> None:
+        """Refuses an empty prompt and one that leaves no room in the context to answer."""
+        if not ids:
+            raise InvalidArgument("The prompt is empty: it holds no tokens.", param=param)
         limit = self.context_length
         if len(ids) >= limit:
             raise ContextLengthExceeded(
-                f"This model's maximum context length is {limit} tokens. However, your messages "
-                f"resulted in {len(ids)} tokens. Please reduce the length of the messages."
+                f"This model's maximum context length is {limit} tokens. However, your "
+                f"{param} resulted in {len(ids)} tokens. Please reduce the length of the "
+                f"{param}.",
+                param=param,
             )
-        return prompt, ids
+
+    def check_token_ids(self, ids: Sequence[int], param: str) -> None:
+        vocab = self.engine.model.vocab_size
+        if any(not 0 <= token < vocab for token in ids):
+            raise InvalidArgument(
+                f"{param} holds a token id outside this model's vocabulary (0..{vocab - 1}).",
+                param=param,
+            )
 
     def check_sampling(self, sampling: SamplingParams) -> None:
         vocab = self.engine.model.vocab_size
@@ -59,15 +113,18 @@ class LoadedModel:
                 param="stop_token_ids",
             )
 
-    def room_for(self, prompt_ids: list[int], max_tokens: int | None) -> int:
+    def room_for(
+        self, prompt_ids: list[int], max_tokens: int | None, param: str = "messages"
+    ) -> int:
         """Tokens left for the completion; a max_tokens beyond that is an error, as in OpenAI."""
         room = self.context_length - len(prompt_ids)
         if max_tokens is not None and max_tokens > room:
             raise ContextLengthExceeded(
                 f"This model's maximum context length is {self.context_length} tokens. "
                 f"However, you requested {len(prompt_ids) + max_tokens} tokens "
-                f"({len(prompt_ids)} in the messages, {max_tokens} in the completion). "
-                "Please reduce the length of the messages or completion."
+                f"({len(prompt_ids)} in the {param}, {max_tokens} in the completion). "
+                f"Please reduce the length of the {param} or completion.",
+                param=param,
             )
         return room
 
@@ -130,8 +187,16 @@ class ModelPool:
             ),
         )
         logger.info("loaded %s (%s) on %s", record.name, model_path.name, model.provider)
+        grammars = GrammarCompiler(
+            artifact_dir / "tokenizer.json", model.vocab_size, tokenizer.eos_token_ids
+        )
+        grammars.warm()
         return LoadedModel(
-            record, tokenizer, ChatTemplate(record.chat_template, tokenizer.special_tokens), engine
+            record,
+            tokenizer,
+            ChatTemplate(record.chat_template, tokenizer.special_tokens),
+            engine,
+            grammars,
         )
 
     def close(self) -> None:

@@ -1,13 +1,21 @@
-"""Per-sequence sampling from one row of logits (numpy, no framework)."""
+"""Per-sequence sampling from one row of logits (numpy, no framework).
+
+A sequence with a grammar (structured output) masks its row to the tokens the grammar allows
+before anything else, and advances the grammar with the token it chose.
+"""
 
 from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from services.common.domain import PLATFORM_SAMPLING, SamplingParams
+
+if TYPE_CHECKING:
+    from services.generation.constrained import Grammar
 
 # Tokens a top-p cut first looks among (usually enough: probability mass is concentrated).
 NUCLEUS_START = 64
@@ -31,6 +39,8 @@ class ResolvedSampling:
     logprobs: bool = False
     top_logprobs: int = 0
     ignore_eos: bool = False
+    # Structured output: every token is chosen among those this grammar allows.
+    grammar: Grammar | None = None
 
     @classmethod
     def resolve(cls, params: SamplingParams, max_new_tokens: int) -> ResolvedSampling:
@@ -69,14 +79,24 @@ class Sampler:
         self._generated: list[int] = []
         self._bias_ids = np.array([t for t, _ in params.logit_bias], dtype=np.int64)
         self._bias_values = np.array([b for _, b in params.logit_bias], dtype=np.float32)
+        self._matcher = params.grammar.matcher() if params.grammar is not None else None
+
+    @property
+    def done(self) -> bool:
+        """The sequence's grammar is complete: it must end here (False without a grammar)."""
+        return self._matcher is not None and self._matcher.done
 
     def next_token(self, logits: np.ndarray) -> int:
         p = self._params
+        if self._matcher is not None:
+            logits = self._matcher.mask(logits)
         logits = self._apply_penalties(logits)
         if p.greedy:
             token = int(np.argmax(logits))
         else:
             token = self._sample(logits.astype(np.float64) / p.temperature)
+        if self._matcher is not None:
+            self._matcher.consume(token)
         self._generated.append(token)
         return token
 

@@ -56,12 +56,20 @@ class TextTokenizer:
     def special_tokens(self) -> dict[str, str]:
         return {"bos_token": self.bos_token, "eos_token": self.eos_token}
 
-    def encode(self, text: str) -> list[int]:
-        # The chat template already wrote every special token the model needs.
-        return self._tokenizer.encode(text, add_special_tokens=False).ids
+    @property
+    def vocab_size(self) -> int:
+        return self._tokenizer.get_vocab_size(with_added_tokens=True)
 
-    def decode(self, token_ids: list[int]) -> str:
-        return self._tokenizer.decode(token_ids, skip_special_tokens=True)
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        # By default none: the chat template already wrote every special token the model needs.
+        return self._tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, token_ids: list[int], skip_special_tokens: bool = True) -> str:
+        return self._tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens)
+
+    def token_strs(self, token_ids: list[int]) -> list[str]:
+        """Each token as the vocabulary spells it ("Ġworld" in a byte-level BPE)."""
+        return [self._tokenizer.id_to_token(t) or "" for t in token_ids]
 
     def token_bytes(self, token_id: int) -> bytes:
         """The raw bytes one token stands for (part of a character, for some tokens)."""

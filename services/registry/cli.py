@@ -35,6 +35,13 @@ def _unix_ms(text: str) -> int:
     return int(moment.timestamp() * 1000)
 
 
+def _file_text(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError as error:
+        raise argparse.ArgumentTypeError(f"cannot read {path}: {error.strerror}") from error
+
+
 def _time(unix_ms: int) -> str:
     if not unix_ms:
         return "-"
@@ -51,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("source", type=Path)
     add.add_argument("--kind", choices=[k.name.lower() for k in ModelKind], default="chat")
     add.add_argument("--context-length", type=int, default=0)
+    add.add_argument(
+        "--chat-template",
+        type=_file_text,
+        default=None,
+        help="Jinja chat template file replacing the source's own (a base model has none)",
+    )
     commands.add_parser("list", help="list models and servings")
     remove = commands.add_parser("remove", help="forget a model")
     remove.add_argument("name")
@@ -98,6 +111,7 @@ def run(args: argparse.Namespace, store: RegistryStore, importer: ModelImporter)
                 args.source,
                 progress,
                 context_length=args.context_length,
+                chat_template=args.chat_template or "",
             )
         store.add_model(record)
         print(f"imported {record.name} -> {record.artifact_dir}")

@@ -102,6 +102,21 @@ def read_graph(artifact_dir: Path) -> GraphKind:
     return GraphKind[manifest["graph"]]
 
 
+def check_template_syntax(source: str) -> None:
+    """InvalidArgument when a chat template given at import is not valid Jinja."""
+    from jinja2 import TemplateSyntaxError
+    from jinja2.ext import loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    try:
+        # The extensions the generation service renders with (services/generation/chat_template).
+        ImmutableSandboxedEnvironment(extensions=[loopcontrols]).parse(source)
+    except TemplateSyntaxError as error:
+        raise InvalidArgument(
+            f"The chat template is not valid Jinja: {error}", param="chat_template"
+        ) from error
+
+
 class ImportCancellation:
     """Cancels one import from another thread: its export child, running or not yet started,
     is stopped, and cancel() returns only once no child of this import runs."""
@@ -158,7 +173,10 @@ class ModelImporter:
         context_length: int = 0,
         default_sampling: SamplingParams | None = None,
         cancellation: ImportCancellation | None = None,
+        chat_template: str = "",
     ) -> ModelRecord:
+        """`chat_template` (Jinja) replaces the source's own; a chat model without either serves
+        completions only."""
         source = source.expanduser().resolve()
         if not source.exists():
             raise InvalidArgument(f"Source `{source}` does not exist.", param="source")
@@ -185,9 +203,11 @@ class ModelImporter:
                 progress,
                 cancellation or ImportCancellation(),
             )
-        chat_template, native_context, sampling = read_metadata(artifact_dir)
-        if kind is ModelKind.CHAT and not chat_template:
-            raise InvalidArgument(f"`{source}` has no chat template.", param="source")
+        own_template, native_context, sampling = read_metadata(artifact_dir)
+        if chat_template and kind is not ModelKind.CHAT:
+            raise InvalidArgument("Only chat models take a chat template.", param="chat_template")
+        if chat_template:
+            check_template_syntax(chat_template)
         progress("imported", 1.0)
         return ModelRecord(
             name=name,
@@ -196,7 +216,7 @@ class ModelImporter:
             source_format=source_format,
             source_sha256=source_sha256,
             artifact_dir=str(artifact_dir),
-            chat_template=chat_template,
+            chat_template=chat_template or own_template,
             context_length=context_length or native_context,
             default_sampling=(default_sampling or SamplingParams()).with_defaults(sampling),
             # What the export wrote (the same as `graph` unless the tables changed since).

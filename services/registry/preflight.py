@@ -1,17 +1,21 @@
 """What an import needs, checked from the source's metadata before the minutes-long export:
-a chat model must bring a chat template (a GGUF in its `tokenizer.chat_template` key, a
-checkpoint in `chat_template.jinja` or `tokenizer_config.json`) and an architecture one of the
-exporters takes, which decides the graph it exports to (services/registry/architectures.py)."""
+an architecture one of the exporters takes, which decides the graph it exports to
+(services/registry/architectures.py). A chat template (a GGUF's `tokenizer.chat_template`
+key, a checkpoint's `chat_template.jinja` or `tokenizer_config.json`) is optional: without
+one a model serves completions only."""
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from services.common.errors import InvalidArgument
 from services.common.records import GraphKind, SourceFormat
 from services.registry.architectures import choose_graph, gguf_checkpoint_architecture
+
+logger = logging.getLogger(__name__)
 
 _GGUF_TEMPLATE_KEY = "tokenizer.chat_template"
 _GGUF_ARCHITECTURE_KEY = "general.architecture"
@@ -92,11 +96,7 @@ def plan_chat_export(source: Path, source_format: SourceFormat) -> ChatExportPla
     else:
         metadata = _checkpoint_metadata(source)
     if not metadata.has_chat_template:
-        raise InvalidArgument(
-            f"`{source}` has no chat template, so it cannot be served as a chat model "
-            "(a base model: its chat template must come with it).",
-            param="source",
-        )
+        logger.info("%s has no chat template: it will serve completions only", source)
     graph = choose_graph(metadata.architecture, metadata.model_type)
     if graph is None:
         raise InvalidArgument(

@@ -65,6 +65,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                 context_length=request.context_length,
                 default_sampling=SamplingParams.from_pb(request.default_sampling),
                 cancellation=cancellation,
+                chat_template=request.chat_template,
             )
 
         async with self._import_lock:

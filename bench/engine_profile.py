@@ -1,0 +1,98 @@
+"""Where a decode step of the chat model goes: ONNX Runtime's profiler, kernel time by operator.
+
+The default chat model's graph (as `make run` exports it) runs decode steps over KV slots the
+way the engine does (services/generation/onnx_model.py): rows of a batch each hold `--context`
+tokens of a random prompt, and every step appends one token to each. Prints the median step
+time and each operator's share of kernel time, per (batch, context) case:
+
+  .venv/bin/python -m bench.engine_profile [--weights int4] [--cases 1x128,1x4096,8x128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from services.common.onnx_runtime import select_providers  # noqa: E402
+from services.common.records import ModelKind, chat_model_file  # noqa: E402
+from services.generation.onnx_model import OnnxCausalLM  # noqa: E402
+from services.registry.defaults import DEFAULT_CHAT_MODEL, smollm2_gguf  # noqa: E402
+from services.registry.importer import ModelImporter  # noqa: E402
+from services.registry.settings import RegistrySettings  # noqa: E402
+
+STEPS = 20
+TOP_OPERATORS = 8
+
+
+def fill(model: OnnxCausalLM, rows: int, context: int):
+    kv = model.allocate(rows, context + 2 * STEPS + 1)
+    rng = np.random.default_rng(0)
+    for row in range(rows):
+        model.forward(kv, row, rng.integers(100, 40000, (1, context)), np.zeros(1, np.int64))
+        kv.lengths[row] = context
+    return kv
+
+
+def steps(model: OnnxCausalLM, kv, rows: int) -> list[float]:
+    times = []
+    for _ in range(STEPS):
+        started = time.perf_counter()
+        model.forward(kv, 0, np.ones((rows, 1), np.int64), kv.lengths[:rows])
+        times.append(time.perf_counter() - started)
+        kv.lengths[:rows] += 1
+    return times
+
+
+def operator_shares(profile: Path) -> dict[str, float]:
+    kernel: dict[str, float] = {}
+    for event in json.loads(profile.read_text()):
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            operator = event["args"]["op_name"]
+            kernel[operator] = kernel.get(operator, 0.0) + event["dur"]
+    total = sum(kernel.values())
+    return {op: time_ / total for op, time_ in sorted(kernel.items(), key=lambda i: -i[1])}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--weights", choices=("int4", "fp32"), default="int4")
+    parser.add_argument("--cases", default="1x128,1x1024,1x4096,8x128,8x1024")
+    args = parser.parse_args()
+    record = ModelImporter(RegistrySettings().cache_dir).import_model(
+        DEFAULT_CHAT_MODEL, ModelKind.CHAT, smollm2_gguf(), lambda *_: None
+    )
+    path = Path(record.artifact_dir) / chat_model_file(record.graph, args.weights)
+    print(f"{path} ({record.graph.name} graph), {os.cpu_count()} cores")
+    for case in args.cases.split(","):
+        rows, context = (int(part) for part in case.split("x"))
+        model = OnnxCausalLM(path, select_providers("cpu"))
+        kv = fill(model, rows, context)
+        median_ms = statistics.median(steps(model, kv, rows)) * 1e3
+        with tempfile.TemporaryDirectory() as scratch:
+            options = ort.SessionOptions()
+            options.enable_profiling = True
+            options.profile_file_prefix = str(Path(scratch) / "profile")
+            model.session = ort.InferenceSession(
+                str(path), options, providers=["CPUExecutionProvider"]
+            )
+            kv.bindings.clear()  # they belong to the session they were made by
+            steps(model, kv, rows)
+            shares = operator_shares(Path(model.session.end_profiling()))
+        top = ", ".join(f"{op} {share:.0%}" for op, share in list(shares.items())[:TOP_OPERATORS])
+        print(f"batch {rows}, context {context}: step {median_ms:.1f} ms (median); {top}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,417 @@
+"""POST /v1/completions: OpenAI's legacy completions (a raw prompt, no chat template).
+
+The prompt is a string, a list of strings, token ids or a list of token-id lists; each prompt
+is one Generate call and its n completions are choices `prompt_index * n + i`, as in OpenAI.
+Serves base models (no chat template) as well as chat models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import Field, field_validator, model_validator
+
+from edge.auth import resolve_access
+from edge.disconnect import cancel_on_disconnect
+from edge.errors import sse_error
+from edge.generation_client import Delta
+from edge.moderation import OutputGuard
+from edge.protocol import MAX_INT32, GenerationRequest, usage_dict
+from edge.routes.chat import CONTENT_FILTER, SSE_HEADERS, moderator_of
+from edge.state import EdgeState
+from edge.tracking import RequestTracker, track
+from services.common.logs import request_id_var
+from services.common.records import ModelKind
+
+logger = logging.getLogger(__name__)
+router = APIRouter()
+
+ENDPOINT = "/v1/completions"
+# Prompts of one request, and sequences (prompts x n) it may start.
+MAX_PROMPTS = 64
+MAX_CHOICES = 64
+_PROMPT_SHAPES = "a string, a list of strings, token ids or a list of token-id lists"
+
+
+def _is_token_ids(value) -> bool:
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(
+            isinstance(t, int) and not isinstance(t, bool) and 0 <= t <= MAX_INT32 for t in value
+        )
+    )
+
+
+class CompletionRequest(GenerationRequest):
+    # Parsed into a list of strings or a list of token-id lists (the model's own vocabulary).
+    prompt: list[str] | list[list[int]]
+    echo: bool = False
+    # Legacy logprobs: the number of likeliest alternatives per token (0 = the token's only).
+    logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    best_of: Annotated[int, Field(ge=1, le=16)] | None = None
+    suffix: str | None = None
+    # vLLM's: let the tokenizer add its special tokens (a BOS) to text prompts.
+    add_special_tokens: bool = True
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _parse_prompt(cls, value):
+        # Checked by hand: a pydantic union would report errors under each member's name.
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not items:
+            raise ValueError(f"must be {_PROMPT_SHAPES}, not empty")
+        if all(isinstance(item, str) for item in items):
+            prompts = items
+        elif _is_token_ids(items):
+            prompts = [items]
+        elif all(_is_token_ids(item) for item in items):
+            prompts = items
+        else:
+            raise ValueError(f"must be {_PROMPT_SHAPES} (token ids 0..{MAX_INT32}, none empty)")
+        if len(prompts) > MAX_PROMPTS:
+            raise ValueError(f"must hold at most {MAX_PROMPTS} prompts")
+        return prompts
+
+    @model_validator(mode="after")
+    def _check(self) -> CompletionRequest:
+        if self.suffix:
+            raise ValueError("suffix is not supported: no served model is trained to fill in")
+        if self.best_of is not None and self.best_of != self.n:
+            raise ValueError("best_of other than n is not supported")
+        if self.echo and self.logprobs is not None:
+            raise ValueError(
+                "echo with logprobs needs the prompt's log probabilities, "
+                "which this server does not compute"
+            )
+        if len(self.prompt) * self.n > MAX_CHOICES:
+            raise ValueError(f"prompts times n must be at most {MAX_CHOICES}")
+        return self
+
+    @property
+    def choices(self) -> int:
+        return len(self.prompt) * self.n
+
+    def to_sampling_params(self):
+        logprobs = self.logprobs is not None
+        return self._sampling_params(self.max_tokens, logprobs, self.logprobs or 0)
+
+
+class _LegacyLogprobs:
+    """OpenAI's legacy logprobs of one choice: parallel lists, offsets into the choice's text."""
+
+    def __init__(self, offset: int):
+        self._offset = offset
+
+    def shape(self, entries: list[dict]) -> dict:
+        tokens, token_logprobs, top_logprobs, text_offset = [], [], [], []
+        for entry in entries:
+            tokens.append(entry["token"])
+            token_logprobs.append(entry["logprob"])
+            # As vLLM does: the sampled token is listed among the alternatives.
+            top = {alt["token"]: alt["logprob"] for alt in entry["top_logprobs"]}
+            top.setdefault(entry["token"], entry["logprob"])
+            top_logprobs.append(top)
+            text_offset.append(self._offset)
+            self._offset += len(entry["token"])
+        return {
+            "tokens": tokens,
+            "token_logprobs": token_logprobs,
+            "top_logprobs": top_logprobs,
+            "text_offset": text_offset,
+        }
+
+
+class _Completion:
+    def __init__(self, completion_id: str, model: str):
+        self.id = completion_id
+        self.model = model
+        self.created = int(time.time())
+
+    def payload(self, choices: list[dict], usage: dict | None) -> dict:
+        payload = {
+            "id": self.id,
+            "object": "text_completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+            "system_fingerprint": None,
+        }
+        if usage is not None:
+            payload["usage"] = usage
+        return payload
+
+    def chunk(self, choices: list[dict], usage: dict | None = None, blocked: bool = False) -> str:
+        payload = self.payload(choices, usage)
+        if blocked:
+            payload["blocked"] = True
+        return f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+    @staticmethod
+    def choice(
+        index: int, text: str, logprobs: dict | None = None, finish_reason: str | None = None
+    ) -> dict:
+        return {
+            "index": index,
+            "text": text,
+            "logprobs": logprobs,
+            "finish_reason": finish_reason,
+        }
+
+
+async def merged(streams: list[AsyncIterator[Delta]], n: int) -> AsyncIterator[Delta]:
+    """The deltas of one Generate stream per prompt, interleaved as they come, renumbered to
+    choice `prompt_index * n + i`; `prompt_tokens` is the sum over the prompts. Every stream's
+    first delta is awaited before any is yielded, so a refused prompt fails the whole request
+    before a response starts. Closing it closes every stream."""
+    queue: asyncio.Queue[tuple[int, Delta | BaseException | None]] = asyncio.Queue()
+
+    async def pump(prompt: int, stream: AsyncIterator[Delta]) -> None:
+        try:
+            async for delta in stream:
+                queue.put_nowait((prompt, delta))
+            queue.put_nowait((prompt, None))
+        except Exception as error:  # noqa: BLE001 - handed to the consumer
+            queue.put_nowait((prompt, error))
+        finally:
+            await stream.aclose()
+
+    prompt_tokens: dict[int, int] = {}
+
+    def renumber(prompt: int, delta: Delta) -> Delta:
+        prompt_tokens[prompt] = delta.prompt_tokens
+        return dataclasses.replace(
+            delta, index=prompt * n + delta.index, prompt_tokens=sum(prompt_tokens.values())
+        )
+
+    tasks: list[asyncio.Future] = [asyncio.ensure_future(anext(s, None)) for s in streams]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in tasks:
+            if task.done() and task.exception() is not None:
+                raise task.exception()
+        firsts = [task.result() for task in tasks]
+        for prompt, delta in enumerate(firsts):
+            if delta is not None:
+                prompt_tokens[prompt] = delta.prompt_tokens
+        for prompt, delta in enumerate(firsts):
+            if delta is not None:
+                yield renumber(prompt, delta)
+        tasks = [asyncio.ensure_future(pump(p, s)) for p, s in enumerate(streams)]
+        running = len(tasks)
+        while running:
+            prompt, item = await queue.get()
+            if item is None:
+                running -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield renumber(prompt, item)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for stream in streams:
+            await stream.aclose()
+
+
+@router.post("/v1/completions")
+async def create_completion(body: CompletionRequest, request: Request):
+    state: EdgeState = request.app.state.edge
+    body.log_ignored_fields()
+    access = await resolve_access(request, body.model, ModelKind.CHAT, body.user)
+    completion = _Completion(f"cmpl-{uuid.uuid4().hex}", access.model.name)
+    request_id_var.set(completion.id)
+    tracker = track(
+        request,
+        ENDPOINT,
+        serving=access.serving,
+        user_id=access.user_id,
+        request_id=completion.id,
+        model=access.model.name,
+    )
+    try:
+        sampling = body.to_sampling_params()
+        if access.serving is not None:
+            sampling = sampling.with_defaults(access.serving.default_sampling)
+        moderator = moderator_of(access, state.settings.moderation_default_terms)
+        texts = [p for p in body.prompt if isinstance(p, str)]
+        if moderator and any(moderator.find(text) for text in texts):
+            tracker.blocked = True
+            tracker.settle()
+            return _blocked_before_generation(completion, body)
+        echoes = await _echoes(state, access.model.name, body) if body.echo else None
+        streams = [
+            state.generation.complete(
+                access.model.name,
+                prompt,
+                sampling,
+                body.n,
+                state.settings.request_timeout_s,
+                add_special_tokens=body.add_special_tokens,
+                constraint=body.output_constraint,
+            )
+            for prompt in body.prompt
+        ]
+        deltas = merged(streams, body.n)
+        guards = [OutputGuard(moderator) for _ in range(body.choices)] if moderator else None
+        if body.stream:
+            return await _stream(completion, deltas, body, echoes, guards, tracker)
+        response = await cancel_on_disconnect(
+            request, _collect(completion, deltas, body, echoes, guards, tracker)
+        )
+    except BaseException as error:
+        tracker.settle(error)
+        raise
+    tracker.settle()
+    return response
+
+
+async def _echoes(state: EdgeState, model: str, body: CompletionRequest) -> list[str]:
+    """Each prompt's text, for `echo` (token-id prompts decoded, special tokens kept)."""
+    decoded = await asyncio.gather(
+        *(state.generation.detokenize(model, p) for p in body.prompt if not isinstance(p, str))
+    )
+    texts = iter(decoded)
+    return [p if isinstance(p, str) else next(texts) for p in body.prompt]
+
+
+def _blocked_before_generation(completion: _Completion, body: CompletionRequest):
+    usage = usage_dict(0, 0)
+    choices = [completion.choice(i, "", None, CONTENT_FILTER) for i in range(body.choices)]
+    if not body.stream:
+        return JSONResponse({**completion.payload(choices, usage), "blocked": True})
+
+    async def events() -> AsyncIterator[str]:
+        yield completion.chunk(choices, usage, blocked=True)
+        if body.include_usage:
+            yield completion.chunk([], usage)
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+def _logprob_shapers(body: CompletionRequest, echoes: list[str] | None) -> list[_LegacyLogprobs]:
+    n = body.n
+    return [_LegacyLogprobs(len(echoes[i // n]) if echoes else 0) for i in range(body.choices)]
+
+
+async def _collect(
+    completion: _Completion,
+    deltas: AsyncIterator[Delta],
+    body: CompletionRequest,
+    echoes: list[str] | None,
+    guards: list[OutputGuard] | None,
+    tracker: RequestTracker,
+) -> JSONResponse:
+    count = body.choices
+    texts = [[echoes[i // body.n]] if echoes else [] for i in range(count)]
+    entries: list[list[dict]] = [[] for _ in range(count)]
+    finish: list[str | None] = [None] * count
+    try:
+        async for delta in deltas:
+            tracker.count(delta)
+            text = delta.text
+            if guards:
+                text = guards[delta.index].push(text, final=delta.finish_reason is not None)
+            texts[delta.index].append(text)
+            entries[delta.index].extend(delta.logprobs or ())
+            if guards and guards[delta.index].flagged:
+                tracker.blocked = True
+                break
+            finish[delta.index] = delta.finish_reason
+    finally:
+        await deltas.aclose()
+    if tracker.blocked:
+        finish = [reason or CONTENT_FILTER for reason in finish]
+    shapers = _logprob_shapers(body, echoes)
+    choices = [
+        completion.choice(
+            i,
+            "".join(texts[i]),
+            shapers[i].shape(entries[i]) if body.logprobs is not None else None,
+            finish[i],
+        )
+        for i in range(count)
+    ]
+    payload = completion.payload(choices, tracker.usage())
+    if tracker.blocked:
+        payload["blocked"] = True
+    return JSONResponse(payload, headers={"x-request-id": completion.id})
+
+
+async def _stream(
+    completion: _Completion,
+    deltas: AsyncIterator[Delta],
+    body: CompletionRequest,
+    echoes: list[str] | None,
+    guards: list[OutputGuard] | None,
+    tracker: RequestTracker,
+) -> StreamingResponse:
+    # The first delta before 200: errors found before generation keep their HTTP status.
+    try:
+        first = await anext(deltas)
+    except BaseException:
+        await deltas.aclose()
+        raise
+    tracker.count(first)
+    shapers = _logprob_shapers(body, echoes)
+
+    async def events() -> AsyncIterator[str]:
+        finished = 0
+        error: BaseException | None = None
+        try:
+            if echoes:
+                yield completion.chunk(
+                    [completion.choice(i, echoes[i // body.n]) for i in range(body.choices)]
+                )
+            delta: Delta | None = first
+            while delta is not None:
+                index = delta.index
+                text = delta.text
+                if guards:
+                    text = guards[index].push(text, final=delta.finish_reason is not None)
+                logprobs = shapers[index].shape(delta.logprobs or []) if delta.logprobs else None
+                if text or logprobs:
+                    yield completion.chunk([completion.choice(index, text, logprobs)])
+                if guards and guards[index].flagged:
+                    tracker.blocked = True
+                    yield completion.chunk(
+                        [completion.choice(index, "", None, CONTENT_FILTER)],
+                        tracker.usage(),
+                        blocked=True,
+                    )
+                    break
+                if delta.finish_reason:
+                    finished += 1
+                    usage = tracker.usage() if finished == body.choices else None
+                    yield completion.chunk(
+                        [completion.choice(index, "", None, delta.finish_reason)], usage
+                    )
+                delta = await anext(deltas, None)
+                if delta is not None:
+                    tracker.count(delta)
+            if body.include_usage:
+                yield completion.chunk([], tracker.usage())
+        except Exception as caught:  # noqa: BLE001 - reported in-band once streaming has begun
+            error = caught
+            yield sse_error(caught)
+        except BaseException as caught:  # client gone: record it as cancelled
+            error = caught
+            raise
+        finally:
+            await deltas.aclose()
+            tracker.settle(error)
+        yield "data: [DONE]\n\n"
+
+    headers = {**SSE_HEADERS, "x-request-id": completion.id}
+    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
