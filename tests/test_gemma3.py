@@ -38,6 +38,17 @@ LAYERS, KV_HEADS, HEAD_DIM = 18, 1, 256
 SHORT_TEXT = "The capital of France is"
 # Gemma 3's own ids for SHORT_TEXT (its tokenizer.json), BOS first.
 SHORT_IDS = [2, 818, 5279, 529, 7001, 563]
+# More of them: CJK, byte fallback, runs of spaces, tabs and newlines (pieces matched whole).
+GEMMA_IDS = {
+    "서울은 한국의 수도입니다. 你好，世界。": [
+        98665, 237456, 50413, 237281, 79301, 15245, 236761, 43758, 237389, 236900, 12811, 236924
+    ],
+    "def f(x):\n    return  x\t\t# 42\n\n": [
+        2063, 517, 236769, 236781, 1473, 107, 140, 2060, 138, 236781, 255969, 236865, 236743,
+        236812, 236778, 108,
+    ],
+    "naïve café 😊": [1789, 238527, 560, 33443, 103453],
+}  # fmt: skip
 
 
 def long_text() -> str:
@@ -166,6 +177,9 @@ def test_export_has_sliding_window_layers_and_gemma_tokenizer(gemma3_artifact, t
     assert kv_heads == {KV_HEADS}
     # The GGUF's vocabulary read as Gemma's BPE: five tokens, not transformers' Unigram's ten.
     assert SHORT_IDS[1:] == tokenizer.encode(SHORT_TEXT)
+    for text, ids in GEMMA_IDS.items():
+        assert tokenizer.encode(text) == ids, text
+        assert tokenizer.decode(ids) == text
 
 
 def test_engine_model_shape(fp32_model):
