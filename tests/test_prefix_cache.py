@@ -159,3 +159,23 @@ async def test_a_prompt_longer_than_one_prefill_chunk_also_reuses_its_prefix(
         assert chunked.prefix_cache.saved_tokens >= 64
     finally:
         chunked.close()
+
+
+async def test_a_conversation_continues_in_the_slot_that_holds_its_last_prompt(
+    loaded_chat_model, engines
+):
+    cached, cold = engines
+    history = [ChatMessage("system", SYSTEM * 3), ChatMessage("user", "Who designed it?")]
+    first = loaded_chat_model.render_prompt(history)[1]
+    assert len(first) > 2 * 128
+    answer = await greedy(cached, first)
+    assert answer == await greedy(cold, first)
+    history += [
+        ChatMessage("assistant", loaded_chat_model.tokenizer.decode(answer[0])),
+        ChatMessage("user", "And when did it open?"),
+    ]
+    follow_up = loaded_chat_model.render_prompt(history)[1]
+    reused = cached.slot_reused_tokens
+    # The earlier prompt is taken in place from its slot (no copy), the rest prefilled.
+    assert await greedy(cached, follow_up) == await greedy(cold, follow_up)
+    assert cached.slot_reused_tokens - reused == len(first)

@@ -183,6 +183,8 @@ class GenerationEngine:
         self.max_waiting = max_waiting
         self.metrics = metrics or EngineMetrics.disabled()
         self.kv = model.allocate(kv_slots, context_length)
+        # Prompt tokens not prefilled because a free slot still held them.
+        self.slot_reused_tokens = 0
         self._waiting: collections.deque[_Request] = collections.deque()
         # Admitted: slots held, prompt being prefilled (oldest first).
         self._prefilling: list[_Request] = []
@@ -314,6 +316,7 @@ class GenerationEngine:
             for sequence in others:
                 sequence.slot = self.kv.acquire()
             request.prefilled = int(self.kv.lengths[first.slot])
+            self.slot_reused_tokens += request.prefilled
             if self.prefix_cache is not None:
                 hit = self.prefix_cache.lookup(request.prompt_ids)
                 if hit is not None and hit.tokens > request.prefilled:

@@ -16,8 +16,10 @@ import heapq
 
 import numpy as np
 
-# Fewest held tokens worth taking a slot out of order for.
-MIN_REUSE = 32
+# Fewest held tokens worth taking a slot out of order for: prefilling fewer costs little,
+# while taking another slot than the lowest spreads the resident KV pages over more slots
+# (every chat shares its template's ~30 opening tokens).
+MIN_REUSE = 128
 
 
 class KvSlots:
@@ -57,7 +59,8 @@ class KvSlots:
 
     def acquire(self, prompt_ids: list[int] | None = None, most: int = 0) -> int:
         """A free slot: the one already holding the longest start of `prompt_ids` (up to
-        `most` tokens, at least MIN_REUSE), else the lowest. Its length says what it holds."""
+        `most` tokens, at least MIN_REUSE; the lowest of equals), else the lowest. Its length
+        says what it holds."""
         slot, reused = self._holder_of(prompt_ids, most) if prompt_ids else (None, 0)
         if slot is None:
             slot = heapq.heappop(self._free)
@@ -71,7 +74,7 @@ class KvSlots:
     def _holder_of(self, prompt_ids: list[int], most: int) -> tuple[int | None, int]:
         prompt = np.asarray(prompt_ids[:most])
         best, longest = None, MIN_REUSE - 1
-        for slot, held in self._held.items():
+        for slot, held in sorted(self._held.items()):
             size = min(len(held), len(prompt))
             differ = np.flatnonzero(held[:size] != prompt[:size])
             common = int(differ[0]) if differ.size else size
