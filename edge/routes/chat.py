@@ -13,10 +13,10 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from edge.auth import Access, resolve_access
 from edge.disconnect import cancel_on_disconnect
-from edge.errors import sse_error
 from edge.generation_client import Delta
 from edge.moderation import Moderator, OutputGuard, TermListModerator
 from edge.protocol import ChatCompletionRequest, usage_dict
+from edge.sse import CONTENT_FILTER, SSE_HEADERS, first_delta, stream_response
 from edge.state import EdgeState
 from edge.tracking import RequestTracker, track
 from services.common.domain import ChatMessage, SamplingParams, ToolCall
@@ -27,8 +27,6 @@ logger = logging.getLogger(__name__)
 router = APIRouter()
 
 ENDPOINT = "/v1/chat/completions"
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-CONTENT_FILTER = "content_filter"
 
 
 def _sse(payload: dict) -> str:
@@ -265,6 +263,38 @@ async def _collect(
     return JSONResponse(payload, headers={"x-request-id": completion.id})
 
 
+class _ChatChunks:
+    """chat.completion.chunk lines (sse.ChunkFormat): the role first, then content and
+    tool-call deltas."""
+
+    def __init__(self, completion: _Completion, n: int):
+        self.completion = completion
+        self.n = n
+        self.calls_sent = [0] * n
+
+    def opening(self) -> list[str]:
+        c = self.completion
+        return [c.chunk([c.choice_delta(i, {"role": "assistant"}) for i in range(self.n)])]
+
+    def content(self, delta: Delta, text: str) -> list[str]:
+        c, index = self.completion, delta.index
+        chunks = []
+        if text or delta.logprobs:
+            content = {"content": text} if text else {}
+            chunks.append(c.chunk([c.choice_delta(index, content, logprobs=delta.logprobs)]))
+        for call_delta in _tool_call_deltas(self.calls_sent[index], delta.tool_calls):
+            chunks.append(c.chunk([c.choice_delta(index, call_delta)]))
+        self.calls_sent[index] += len(delta.tool_calls)
+        return chunks
+
+    def finished(self, index: int, reason: str, usage: dict | None, blocked: bool) -> str:
+        c = self.completion
+        return c.chunk([c.choice_delta(index, {}, reason)], usage, blocked=blocked)
+
+    def usage(self, usage: dict) -> str:
+        return self.completion.chunk([], usage)
+
+
 async def _stream(
     completion: _Completion,
     deltas: AsyncIterator[Delta],
@@ -272,70 +302,8 @@ async def _stream(
     guards: list[OutputGuard] | None,
     tracker: RequestTracker,
 ) -> StreamingResponse:
-    # Wait for the first token before answering 200, so that errors found before generation
-    # starts (unknown model, prompt too long, queue full) keep their HTTP status.
-    try:
-        first = await anext(deltas)
-    except BaseException:
-        await deltas.aclose()
-        raise
-    tracker.count(first)
-
-    calls_sent = [0] * body.n
-
-    async def events() -> AsyncIterator[str]:
-        finished = 0
-        error: BaseException | None = None
-        try:
-            yield completion.chunk(
-                [completion.choice_delta(i, {"role": "assistant"}) for i in range(body.n)]
-            )
-            delta: Delta | None = first
-            while delta is not None:
-                index = delta.index
-                text = delta.text
-                if guards:
-                    text = guards[index].push(text, final=delta.finish_reason is not None)
-                if text or delta.logprobs:
-                    yield completion.chunk(
-                        [
-                            completion.choice_delta(
-                                index, {"content": text} if text else {}, logprobs=delta.logprobs
-                            )
-                        ]
-                    )
-                for call_delta in _tool_call_deltas(calls_sent[index], delta.tool_calls):
-                    yield completion.chunk([completion.choice_delta(index, call_delta)])
-                calls_sent[index] += len(delta.tool_calls)
-                if guards and guards[index].flagged:
-                    tracker.blocked = True
-                    yield completion.chunk(
-                        [completion.choice_delta(index, {}, CONTENT_FILTER)],
-                        tracker.usage(),
-                        blocked=True,
-                    )
-                    break
-                if delta.finish_reason:
-                    finished += 1
-                    usage = tracker.usage() if finished == body.n else None
-                    yield completion.chunk(
-                        [completion.choice_delta(index, {}, delta.finish_reason)], usage
-                    )
-                delta = await anext(deltas, None)
-                if delta is not None:
-                    tracker.count(delta)
-            if body.include_usage:
-                yield completion.chunk([], tracker.usage())
-        except Exception as caught:  # noqa: BLE001 - reported in-band once streaming has begun
-            error = caught
-            yield sse_error(caught)
-        except BaseException as caught:  # client gone: record it as cancelled
-            error = caught
-            raise
-        finally:
-            await deltas.aclose()
-            tracker.settle(error)
-        yield "data: [DONE]\n\n"
-
-    headers = {**SSE_HEADERS, "x-request-id": completion.id}
-    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+    first = await first_delta(deltas, tracker)
+    chunks = _ChatChunks(completion, body.n)
+    return stream_response(
+        first, deltas, chunks, body.n, body.include_usage, guards, tracker, completion.id
+    )

@@ -22,11 +22,11 @@ from pydantic import Field, field_validator, model_validator
 
 from edge.auth import resolve_access
 from edge.disconnect import cancel_on_disconnect
-from edge.errors import sse_error
 from edge.generation_client import Delta
 from edge.moderation import OutputGuard
 from edge.protocol import MAX_INT32, GenerationRequest, usage_dict
-from edge.routes.chat import CONTENT_FILTER, SSE_HEADERS, moderator_of
+from edge.routes.chat import moderator_of
+from edge.sse import CONTENT_FILTER, SSE_HEADERS, first_delta, stream_response
 from edge.state import EdgeState
 from edge.tracking import RequestTracker, track
 from services.common.logs import request_id_var
@@ -349,6 +349,37 @@ async def _collect(
     return JSONResponse(payload, headers={"x-request-id": completion.id})
 
 
+class _CompletionChunks:
+    """text_completion lines (sse.ChunkFormat): echoed prompts first, then text with legacy
+    log probabilities."""
+
+    def __init__(self, completion: _Completion, body: CompletionRequest, echoes: list[str] | None):
+        self.completion = completion
+        self.body = body
+        self.echoes = echoes
+        self.shapers = _logprob_shapers(body, echoes)
+
+    def opening(self) -> list[str]:
+        if not self.echoes:
+            return []
+        c, n = self.completion, self.body.n
+        return [c.chunk([c.choice(i, self.echoes[i // n]) for i in range(self.body.choices)])]
+
+    def content(self, delta: Delta, text: str) -> list[str]:
+        index = delta.index
+        logprobs = self.shapers[index].shape(delta.logprobs or []) if delta.logprobs else None
+        if not (text or logprobs):
+            return []
+        return [self.completion.chunk([self.completion.choice(index, text, logprobs)])]
+
+    def finished(self, index: int, reason: str, usage: dict | None, blocked: bool) -> str:
+        c = self.completion
+        return c.chunk([c.choice(index, "", None, reason)], usage, blocked=blocked)
+
+    def usage(self, usage: dict) -> str:
+        return self.completion.chunk([], usage)
+
+
 async def _stream(
     completion: _Completion,
     deltas: AsyncIterator[Delta],
@@ -357,61 +388,8 @@ async def _stream(
     guards: list[OutputGuard] | None,
     tracker: RequestTracker,
 ) -> StreamingResponse:
-    # The first delta before 200: errors found before generation keep their HTTP status.
-    try:
-        first = await anext(deltas)
-    except BaseException:
-        await deltas.aclose()
-        raise
-    tracker.count(first)
-    shapers = _logprob_shapers(body, echoes)
-
-    async def events() -> AsyncIterator[str]:
-        finished = 0
-        error: BaseException | None = None
-        try:
-            if echoes:
-                yield completion.chunk(
-                    [completion.choice(i, echoes[i // body.n]) for i in range(body.choices)]
-                )
-            delta: Delta | None = first
-            while delta is not None:
-                index = delta.index
-                text = delta.text
-                if guards:
-                    text = guards[index].push(text, final=delta.finish_reason is not None)
-                logprobs = shapers[index].shape(delta.logprobs or []) if delta.logprobs else None
-                if text or logprobs:
-                    yield completion.chunk([completion.choice(index, text, logprobs)])
-                if guards and guards[index].flagged:
-                    tracker.blocked = True
-                    yield completion.chunk(
-                        [completion.choice(index, "", None, CONTENT_FILTER)],
-                        tracker.usage(),
-                        blocked=True,
-                    )
-                    break
-                if delta.finish_reason:
-                    finished += 1
-                    usage = tracker.usage() if finished == body.choices else None
-                    yield completion.chunk(
-                        [completion.choice(index, "", None, delta.finish_reason)], usage
-                    )
-                delta = await anext(deltas, None)
-                if delta is not None:
-                    tracker.count(delta)
-            if body.include_usage:
-                yield completion.chunk([], tracker.usage())
-        except Exception as caught:  # noqa: BLE001 - reported in-band once streaming has begun
-            error = caught
-            yield sse_error(caught)
-        except BaseException as caught:  # client gone: record it as cancelled
-            error = caught
-            raise
-        finally:
-            await deltas.aclose()
-            tracker.settle(error)
-        yield "data: [DONE]\n\n"
-
-    headers = {**SSE_HEADERS, "x-request-id": completion.id}
-    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+    first = await first_delta(deltas, tracker)
+    chunks = _CompletionChunks(completion, body, echoes)
+    return stream_response(
+        first, deltas, chunks, body.choices, body.include_usage, guards, tracker, completion.id
+    )
