@@ -207,6 +207,16 @@ def test_export_has_sliding_window_layers_and_gemma_tokenizer(gemma3_artifact, t
         assert tokenizer.decode(ids) == text
 
 
+def test_token_bytes_of_a_byte_fallback_vocabulary(tokenizer):
+    """What logprobs report as `bytes`: a <0xNN> token is that one byte, not U+FFFD."""
+    vocabulary = tokenizer._tokenizer
+    assert tokenizer.token_bytes(vocabulary.token_to_id("<0xE4>")) == b"\xe4"
+    assert tokenizer.token_bytes(vocabulary.token_to_id("\u2581the")) == b" the"
+    # The bytes of a character split over byte tokens join up to it.
+    pieces = [vocabulary.token_to_id(f"<0x{byte:02X}>") for byte in "界".encode()]
+    assert b"".join(tokenizer.token_bytes(t) for t in pieces).decode() == "界"
+
+
 def test_engine_model_shape(fp32_model):
     assert (fp32_model.num_layers, fp32_model.num_kv_heads, fp32_model.head_dim) == (
         LAYERS,

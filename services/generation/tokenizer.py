@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from tokenizers import Tokenizer
@@ -10,6 +11,7 @@ from tokenizers import Tokenizer
 # Prompt tokens kept as decoding context, so the first generated word keeps its leading space.
 _CONTEXT_TOKENS = 5
 _REPLACEMENT_CHAR = "\ufffd"
+_BYTE_TOKEN = re.compile(r"<0x([0-9A-F]{2})>")
 
 
 def _token_text(value) -> str:
@@ -37,6 +39,8 @@ class TextTokenizer:
         tokenizer_json = (artifact_dir / "tokenizer.json").read_text()
         self._tokenizer = Tokenizer.from_str(tokenizer_json)
         self._byte_level = _byte_level_alphabet() if '"ByteLevel"' in tokenizer_json else None
+        # SentencePiece-style vocabularies spell bytes outside their pieces as <0xNN> tokens.
+        self._byte_fallback = '"ByteFallback"' in tokenizer_json
         config_path = artifact_dir / "tokenizer_config.json"
         config = json.loads(config_path.read_text()) if config_path.exists() else {}
         self.bos_token = _token_text(config.get("bos_token"))
@@ -76,6 +80,8 @@ class TextTokenizer:
         piece = self._tokenizer.id_to_token(token_id) or ""
         if self._byte_level and all(char in self._byte_level for char in piece):
             return bytes(self._byte_level[char] for char in piece)
+        if self._byte_fallback and (byte := _BYTE_TOKEN.fullmatch(piece)):
+            return bytes([int(byte.group(1), 16)])
         return self._tokenizer.decode([token_id], skip_special_tokens=False).encode()
 
 
