@@ -43,6 +43,10 @@ def test_lookup_returns_the_longest_whole_block_prefix_and_leaves_two_tokens_to_
     # (a one-token chunk after a past would round differently from a cold prefill).
     assert cache.lookup(list(range(9))).tokens == 4
     assert cache.lookup([7] + list(range(1, 10))) is None
+    # No longer than what the caller already has: no hit, and none counted.
+    hits = cache.hits
+    assert cache.lookup(list(range(10)), beyond=8) is None and cache.hits == hits
+    assert cache.lookup(list(range(10)), beyond=7).tokens == 8
 
 
 def test_insert_keeps_the_whole_blocks_of_the_prompt_only():

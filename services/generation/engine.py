@@ -316,12 +316,13 @@ class GenerationEngine:
             for sequence in others:
                 sequence.slot = self.kv.acquire()
             request.prefilled = int(self.kv.lengths[first.slot])
-            self.slot_reused_tokens += request.prefilled
             if self.prefix_cache is not None:
-                hit = self.prefix_cache.lookup(request.prompt_ids)
-                if hit is not None and hit.tokens > request.prefilled:
+                hit = self.prefix_cache.lookup(request.prompt_ids, beyond=request.prefilled)
+                if hit is not None:
                     self.kv.load(first.slot, hit.blocks)
                     request.prefilled = hit.tokens
+                else:
+                    self.slot_reused_tokens += request.prefilled
                 self.metrics.prefix_lookup(request.prefilled)
             self._prefilling.append(request)
 

@@ -55,14 +55,16 @@ class PrefixCache:
         # Chained key -> the block's entries per cache array, least recently used first.
         self._blocks: collections.OrderedDict[bytes, list[np.ndarray]] = collections.OrderedDict()
 
-    def lookup(self, prompt_ids: list[int]) -> PrefixHit | None:
+    def lookup(self, prompt_ids: list[int], beyond: int = 0) -> PrefixHit | None:
+        """The longest cached start of the prompt, if it is longer than `beyond` tokens (what
+        the caller has already); only a hit returned counts and is touched."""
         usable_blocks = (len(prompt_ids) - MIN_REST) // self.block_tokens
         keys = []
         for key in block_keys(prompt_ids, self.block_tokens)[:usable_blocks]:
             if key not in self._blocks:
                 break
             keys.append(key)
-        if not keys:
+        if len(keys) * self.block_tokens <= beyond:
             return None
         self._touch(keys)
         tokens = len(keys) * self.block_tokens
