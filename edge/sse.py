@@ -1,14 +1,16 @@
-"""A generation streamed as server-sent events: what chat and legacy completions share.
+"""A generation's deltas turned into a reply: what chat and legacy completions share.
 
-The route waits for the first delta before answering 200, so errors found before generation
-starts (unknown model, prompt too long, queue full) keep their HTTP status; after that,
-moderation, finish reasons, usage and errors go in-band, and the stream ends with [DONE].
-What a chunk looks like is the route's: a `ChunkFormat`.
+`collect` gathers them for a whole (non-streamed) reply. For a stream, the route waits for
+the first delta before answering 200, so errors found before generation starts (unknown
+model, prompt too long, queue full) keep their HTTP status; after that, moderation, finish
+reasons, usage and errors go in-band, and the stream ends with [DONE]. What a chunk looks
+like is the route's: a `ChunkFormat`.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Protocol
 
 from fastapi.responses import StreamingResponse
@@ -17,6 +19,7 @@ from edge.errors import sse_error
 from edge.generation_client import Delta
 from edge.moderation import OutputGuard
 from edge.tracking import RequestTracker
+from services.common.domain import ToolCall
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 CONTENT_FILTER = "content_filter"
@@ -99,3 +102,48 @@ def stream_response(
 
     headers = {**SSE_HEADERS, "x-request-id": request_id}
     return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+
+
+@dataclass
+class Collected:
+    """Per choice: its text pieces, logprobs entries, tool calls and finish reason."""
+
+    texts: list[list[str]]
+    logprobs: list[list[dict]]
+    calls: list[list[ToolCall]]
+    finish: list[str | None]
+
+
+async def collect(
+    deltas: AsyncIterator[Delta],
+    choices: int,
+    guards: list[OutputGuard] | None,
+    tracker: RequestTracker,
+) -> Collected:
+    """Every delta of `choices` completions; output moderation stops them all, and the choices
+    it cut (or that had not finished) end with content_filter."""
+    got = Collected(
+        [[] for _ in range(choices)],
+        [[] for _ in range(choices)],
+        [[] for _ in range(choices)],
+        [None] * choices,
+    )
+    try:
+        async for delta in deltas:
+            tracker.count(delta)
+            index = delta.index
+            got.calls[index].extend(delta.tool_calls)
+            text = delta.text
+            if guards:
+                text = guards[index].push(text, final=delta.finish_reason is not None)
+            got.texts[index].append(text)
+            got.logprobs[index].extend(delta.logprobs or ())
+            if guards and guards[index].flagged:
+                tracker.blocked = True
+                break
+            got.finish[index] = delta.finish_reason
+    finally:
+        await deltas.aclose()
+    if tracker.blocked:
+        got.finish = [reason or CONTENT_FILTER for reason in got.finish]
+    return got

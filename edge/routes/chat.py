@@ -16,7 +16,7 @@ from edge.disconnect import cancel_on_disconnect
 from edge.generation_client import Delta
 from edge.moderation import Moderator, OutputGuard, TermListModerator
 from edge.protocol import ChatCompletionRequest, usage_dict
-from edge.sse import CONTENT_FILTER, SSE_HEADERS, first_delta, stream_response
+from edge.sse import CONTENT_FILTER, SSE_HEADERS, collect, first_delta, stream_response
 from edge.state import EdgeState
 from edge.tracking import RequestTracker, track
 from services.common.domain import ChatMessage, SamplingParams, ToolCall
@@ -227,38 +227,18 @@ async def _collect(
     action: ModerationAction,
     tracker: RequestTracker,
 ) -> JSONResponse:
-    texts = [[] for _ in range(body.n)]
-    logprobs: list[list[dict] | None] = [[] if body.logprobs else None for _ in range(body.n)]
-    finish: list[str | None] = [None] * body.n
-    calls: list[list[ToolCall]] = [[] for _ in range(body.n)]
-    try:
-        async for delta in deltas:
-            tracker.count(delta)
-            calls[delta.index].extend(delta.tool_calls)
-            text = delta.text
-            if guards:
-                text = guards[delta.index].push(text, final=delta.finish_reason is not None)
-            texts[delta.index].append(text)
-            if delta.logprobs and logprobs[delta.index] is not None:
-                logprobs[delta.index].extend(delta.logprobs)
-            if guards and guards[delta.index].flagged:
-                # Output moderation: stop every choice, report what the policy allows.
-                tracker.blocked = True
-                break
-            finish[delta.index] = delta.finish_reason
-    finally:
-        await deltas.aclose()
-    if tracker.blocked:
-        finish = [reason or CONTENT_FILTER for reason in finish]
-        if action is ModerationAction.WITHHOLD:
-            texts = [[] for _ in range(body.n)]
+    got = await collect(deltas, body.n, guards, tracker)
+    texts = got.texts
+    if tracker.blocked and action is ModerationAction.WITHHOLD:
+        texts = [[] for _ in range(body.n)]
+    logprobs = got.logprobs if body.logprobs else [None] * body.n
     payload = completion.body(
         ["".join(parts) for parts in texts],
-        finish,
+        got.finish,
         logprobs,
         tracker.usage(),
         tracker.blocked,
-        calls,
+        got.calls,
     )
     return JSONResponse(payload, headers={"x-request-id": completion.id})
 

@@ -26,7 +26,7 @@ from edge.generation_client import Delta
 from edge.moderation import OutputGuard
 from edge.protocol import MAX_INT32, GenerationRequest, usage_dict
 from edge.routes.chat import moderator_of
-from edge.sse import CONTENT_FILTER, SSE_HEADERS, first_delta, stream_response
+from edge.sse import CONTENT_FILTER, SSE_HEADERS, collect, first_delta, stream_response
 from edge.state import EdgeState
 from edge.tracking import RequestTracker, track
 from services.common.logs import request_id_var
@@ -313,35 +313,16 @@ async def _collect(
     guards: list[OutputGuard] | None,
     tracker: RequestTracker,
 ) -> JSONResponse:
-    count = body.choices
-    texts = [[echoes[i // body.n]] if echoes else [] for i in range(count)]
-    entries: list[list[dict]] = [[] for _ in range(count)]
-    finish: list[str | None] = [None] * count
-    try:
-        async for delta in deltas:
-            tracker.count(delta)
-            text = delta.text
-            if guards:
-                text = guards[delta.index].push(text, final=delta.finish_reason is not None)
-            texts[delta.index].append(text)
-            entries[delta.index].extend(delta.logprobs or ())
-            if guards and guards[delta.index].flagged:
-                tracker.blocked = True
-                break
-            finish[delta.index] = delta.finish_reason
-    finally:
-        await deltas.aclose()
-    if tracker.blocked:
-        finish = [reason or CONTENT_FILTER for reason in finish]
+    got = await collect(deltas, body.choices, guards, tracker)
     shapers = _logprob_shapers(body, echoes)
     choices = [
         completion.choice(
             i,
-            "".join(texts[i]),
-            shapers[i].shape(entries[i]) if body.logprobs is not None else None,
-            finish[i],
+            (echoes[i // body.n] if echoes else "") + "".join(got.texts[i]),
+            shapers[i].shape(got.logprobs[i]) if body.logprobs is not None else None,
+            got.finish[i],
         )
-        for i in range(count)
+        for i in range(body.choices)
     ]
     payload = completion.payload(choices, tracker.usage())
     if tracker.blocked:
