@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import mmap
+
 import numpy as np
 
 from services.generation.kv_slots import MIN_REUSE, KvSlots
@@ -46,3 +48,19 @@ def test_too_short_a_common_start_takes_the_lowest_free_slot_empty():
     assert kv.acquire(list(range(200)), most=150) == 2
     kv.release(2)
     assert kv.acquire(list(range(200)), most=150) == 0
+
+
+def resident_bytes() -> int:
+    return int(open("/proc/self/statm").read().split()[1]) * mmap.PAGESIZE
+
+
+def test_memory_is_resident_only_for_entries_written():
+    # SmolLM2-135M's shape at 8192 tokens: 377 MB a slot if a slot's first token made its
+    # whole length resident (as 2 MiB huge pages per head row did).
+    kv = KvSlots(num_arrays=60, kv_heads=3, head_dim=64, slots=4, max_len=8192, dtype=np.float32)
+    before = resident_bytes()
+    for array in kv.arrays:
+        array[0, :, :16] = 1.0  # one 4 KiB page per head row
+    grown = resident_bytes() - before
+    assert grown < 8 * 2**20, f"{grown / 2**20:.0f} MiB resident for 16 tokens"
+    assert all(array.flags.writeable for array in kv.arrays)

@@ -5,14 +5,14 @@ sequence takes a slot, is prefilled into it, decodes in place and gives it back;
 leaving the batch is bookkeeping here, never a copy of another sequence's entries. A freed
 slot keeps its prompt's entries until it is reused: a request whose prompt starts the same
 way (a shared system prompt, the previous turn) takes that slot and prefills only the rest,
-copying nothing. The bound
-(slots x max_len tokens) is known up front; the pages of a slot are only touched, and so only
-resident, once a sequence has used them.
+copying nothing. The bound (slots x max_len tokens) is known up front; memory is only
+resident for the entries written (see _lazy_zeros).
 """
 
 from __future__ import annotations
 
 import heapq
+import mmap
 
 import numpy as np
 
@@ -35,8 +35,7 @@ class KvSlots:
         self.slots = slots
         self.max_len = max_len
         shape = (slots, kv_heads, max_len, head_dim)
-        # np.zeros maps fresh pages lazily, so memory grows with use up to the bound.
-        self.arrays = [np.zeros(shape, dtype) for _ in range(num_arrays)]
+        self.arrays = [_lazy_zeros(shape, dtype) for _ in range(num_arrays)]
         self.bytes_per_token = num_arrays * kv_heads * head_dim * np.dtype(dtype).itemsize
         # Entries held per slot: where the slot's next token goes. A free slot holds none.
         self.lengths = np.zeros(slots, np.int64)
@@ -124,3 +123,16 @@ class KvSlots:
         for array in self.arrays:
             array[target, :, :tokens] = array[source, :, :tokens]
         self.lengths[target] = tokens
+
+
+def _lazy_zeros(shape: tuple[int, ...], dtype: type[np.floating]) -> np.ndarray:
+    """Zeros whose memory is only resident once written, 4 KiB at a time.
+
+    np.zeros asks for transparent huge pages on large arrays: the first entry written to a
+    head's row then faults in 2 MiB, so a slot's first token made its whole max_len resident
+    (about 377 MB for SmolLM2 at 8192 tokens) instead of the entries it holds.
+    """
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    buffer = mmap.mmap(-1, size)
+    buffer.madvise(mmap.MADV_NOHUGEPAGE)
+    return np.frombuffer(buffer, dtype).reshape(shape)
