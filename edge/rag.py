@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from edge.auth import Access
 from edge.generation_client import GenerationClient
 from edge.protocol import ChatCompletionRequest
-from edge.retrieval_client import Point, RetrievalClient
+from edge.retrieval_client import Point, RetrievalClient, Retrieved
 from services.common.domain import ChatMessage
 from services.common.errors import InvalidArgument, NotFound
 
@@ -59,17 +59,20 @@ def last_user_message(messages: list[ChatMessage]) -> str:
     raise InvalidArgument("`messages` holds no user message to search with.", param="messages")
 
 
-async def retrieve_points(
+async def retrieve_each(
     retrieval: RetrievalClient, tenant: int, queries: list[RagQuery], text: str, timeout_s: float
-) -> list[Point]:
-    """Points of every collection of the tenant, best first."""
-    points: list[Point] = []
-    for query in queries:
-        found = await retrieval.retrieve(
+) -> list[Retrieved]:
+    """What each of the tenant's collections in `queries` holds for `text`, in query order."""
+    return [
+        await retrieval.retrieve(
             tenant, query.collection, text, query.limit, query.score_threshold, timeout_s
         )
-        points.extend(found.points)
-    return sorted(points, key=lambda p: -p.score)
+        for query in queries
+    ]
+
+
+def best_first(results: list[Retrieved]) -> list[Point]:
+    return sorted((point for result in results for point in result.points), key=lambda p: -p.score)
 
 
 class Grounding:
@@ -93,7 +96,7 @@ class Grounding:
         if not queries:
             return messages
         try:
-            points = await retrieve_points(
+            results = await retrieve_each(
                 self._retrieval,
                 access.caller.tenant,
                 queries,
@@ -106,6 +109,7 @@ class Grounding:
             # A serving's collection with nothing ingested yet: answer ungrounded.
             logger.warning("collection %s not found; answering ungrounded", serving_collection)
             return messages
+        points = best_first(results)
         if not points:
             return messages
         context = CONTEXT_PREAMBLE + "\n\n".join(p.source for p in points)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 
 from edge.auth import caller_of, user_id_of
 from edge.protocol import ChatCompletionRequest
-from edge.rag import last_user_message, rag_queries
+from edge.rag import best_first, last_user_message, rag_queries, retrieve_each
 from edge.state import EdgeState
 from edge.tracking import track
 
@@ -34,20 +34,16 @@ async def retrieve(body: RetrieveRequest, request: Request) -> dict:
     tracker = track(request, ENDPOINT, serving=serving, user_id=user_id_of(request, body.user))
     with tracker.settling():
         # Without vdb_collection_name, "" lets the retrieval service use its default collection.
-        results = []
-        for q in rag_queries(body, ""):
-            result = await state.retrieval.retrieve(
-                caller.tenant,
-                q.collection,
-                query,
-                q.limit,
-                q.score_threshold,
-                state.settings.rag_timeout_s,
-            )
-            results.append(result)
-            tracker.model = result.embedding_model
-            tracker.prompt_tokens += result.query_tokens
-    points = sorted((p for r in results for p in r.points), key=lambda p: -p.score)
+        results = await retrieve_each(
+            state.retrieval,
+            caller.tenant,
+            rag_queries(body, ""),
+            query,
+            state.settings.rag_timeout_s,
+        )
+        tracker.model = results[-1].embedding_model
+        tracker.prompt_tokens += sum(result.query_tokens for result in results)
+    points = best_first(results)
     return {
         "points": [{"source": p.source, "score": round(p.score, 6)} for p in points],
         "limit": results[0].limit,
