@@ -6,9 +6,12 @@
 
   .venv/bin/python bench/generation.py [--concurrency 1,2,4,8,16] [--max-tokens 128]
                                        [--weights int4] [--systems stack,engine,ort-genai]
+                                       [--device cpu]
 
-Prints a table and writes docs/benchmarks/generation-<weights>.md and .png. Each stream gets
-its own prompt and generates exactly --max-tokens tokens (ignore_eos), greedy.
+Prints a table and writes docs/benchmarks/generation-<weights>[-cuda].md and .png. Each stream
+gets its own prompt and generates exactly --max-tokens tokens (ignore_eos), greedy. On a GPU
+machine, `--device cuda --systems stack,engine` runs the CUDA graph with device-resident KV
+(the ort-genai peer builds CPU graphs only).
 """
 
 from __future__ import annotations
@@ -111,7 +114,7 @@ def percentile(values: list[float], p: float) -> float:
 
 
 class StackUnderTest:
-    def __init__(self, weights: str):
+    def __init__(self, weights: str, device: str):
         self.data = Path(tempfile.mkdtemp(prefix="llmserve-bench-"))
         self.port = free_port()
         env = {
@@ -121,6 +124,7 @@ class StackUnderTest:
             "REGISTRY_PORT": str(free_port()),
             "GENERATION_PORT": str(free_port()),
             "GENERATION_WEIGHTS": weights,
+            "GENERATION_DEVICE": device,
             "EDGE_PORT": str(self.port),
             "EDGE_ADMIN_TOKEN": "bench",
         }
@@ -178,11 +182,18 @@ class StackUnderTest:
 
 
 class EngineUnderTest:
-    def __init__(self, artifact_dir: Path, graph: GraphKind, weights: str, template: ChatTemplate):
+    def __init__(
+        self,
+        artifact_dir: Path,
+        graph: GraphKind,
+        weights: str,
+        template: ChatTemplate,
+        device: str,
+    ):
         self.tokenizer = TextTokenizer(artifact_dir)
         model = OnnxCausalLM(
-            artifact_dir / chat_model_file(graph, weights),
-            select_providers("cpu"),
+            artifact_dir / chat_model_file(graph, weights, device),
+            select_providers(device),
             intra_op_threads=0,
         )
         self.engine = GenerationEngine(model, self.tokenizer, context_length=8192)
@@ -323,6 +334,7 @@ async def main() -> None:
     parser.add_argument("--concurrency", default="1,2,4,8,16")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--weights", choices=CHAT_WEIGHTS, default="int4")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--systems", default="stack,engine,ort-genai")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -334,8 +346,10 @@ async def main() -> None:
     tokenizer = TextTokenizer(artifact_dir)
     template = ChatTemplate(record.chat_template, tokenizer.special_tokens)
     builders = {
-        "stack": lambda: StackUnderTest(args.weights),
-        "engine": lambda: EngineUnderTest(artifact_dir, record.graph, args.weights, template),
+        "stack": lambda: StackUnderTest(args.weights, args.device),
+        "engine": lambda: EngineUnderTest(
+            artifact_dir, record.graph, args.weights, template, args.device
+        ),
         "ort-genai": lambda: OrtGenaiUnderTest(args.weights, template),
     }
     rows = []
@@ -354,8 +368,9 @@ async def main() -> None:
     report = markdown(rows, args.weights, args.max_tokens)
     print(report)
     OUT_DIR.mkdir(parents=True, exist_ok=True)
-    (OUT_DIR / f"generation-{args.weights}.md").write_text(report)
-    plot(rows, OUT_DIR / f"generation-{args.weights}.png")
+    name = f"generation-{args.weights}" + ("-cuda" if args.device == "cuda" else "")
+    (OUT_DIR / f"{name}.md").write_text(report)
+    plot(rows, OUT_DIR / f"{name}.png")
 
 
 if __name__ == "__main__":

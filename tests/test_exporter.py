@@ -50,7 +50,7 @@ def io_signature(values) -> dict[str, tuple[int, list]]:
 # ---- The default chat model ---------------------------------------------------------------
 
 
-def test_default_chat_model_exports_both_gqa_graphs(chat_model):
+def test_default_chat_model_exports_the_gqa_graphs_for_cpu_and_cuda(chat_model):
     assert chat_model.graph is GraphKind.GQA
     artifact = Path(chat_model.artifact_dir)
     assert json.loads((artifact / "manifest.json").read_text())["graph"] == "GQA"
@@ -58,9 +58,13 @@ def test_default_chat_model_exports_both_gqa_graphs(chat_model):
     for name in ("tokenizer.json", "config.json", "generation_config.json", "chat_template.jinja"):
         assert (artifact / name).exists(), name
     assert not (artifact / "model.onnx").exists()
-    for weights in ("int4", "fp32"):
-        graph_file = artifact / chat_model_file(GraphKind.GQA, weights)
-        assert graph_file == artifact / f"gqa-{weights}" / "model.onnx"
+    for weights, device, folder in (
+        ("int4", "cpu", "gqa-int4"),
+        ("fp32", "cpu", "gqa-fp32"),
+        ("int4", "cuda", "gqa-int4-cuda"),
+    ):
+        graph_file = artifact / chat_model_file(GraphKind.GQA, weights, device)
+        assert graph_file == artifact / folder / "model.onnx"
         assert sorted(p.name for p in graph_file.parent.iterdir()) == sorted(GQA_GRAPH_FILES)
     fp32_weights = artifact / "gqa-fp32" / "model.onnx.data"
     assert fp32_weights.stat().st_size > 500_000_000  # 135M parameters in fp32
@@ -89,6 +93,20 @@ def test_default_chat_model_exports_both_gqa_graphs(chat_model):
     for model in (int4, fp32):
         assert io_signature(model.graph.input) == expected_inputs
         assert io_signature(model.graph.output) == expected_outputs
+    # CUDA's: the same names and shapes, fp16 wherever the CPU graphs have fp32.
+    cuda = onnx.load(
+        artifact / chat_model_file(GraphKind.GQA, "int4", "cuda"), load_external_data=False
+    )
+    assert {"GroupQueryAttention", "MatMulNBits"} <= {node.op_type for node in cuda.graph.node}
+    for signature, tensors in (
+        (expected_inputs, cuda.graph.input),
+        (expected_outputs, cuda.graph.output),
+    ):
+        as_fp16 = {
+            name: (onnx.TensorProto.FLOAT16 if kind == float32 else kind, shape)
+            for name, (kind, shape) in signature.items()
+        }
+        assert io_signature(tensors) == as_fp16
 
 
 def test_gqa_fp32_greedy_decoding_matches_transformers(chat_model):

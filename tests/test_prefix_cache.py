@@ -15,9 +15,9 @@ BLOCK = 4
 
 
 def kv(tokens: int, fill: float = 1.0) -> list[np.ndarray]:
-    """Two fake cache arrays [1, kv_heads=2, tokens, head_dim=3] whose values name positions."""
-    positions = np.arange(tokens, dtype=np.float32)[None, None, :, None]
-    return [np.broadcast_to(positions * fill, (1, 2, tokens, 3)).copy() for _ in range(2)]
+    """Two fake cache arrays [kv_heads=2, tokens, head_dim=3] whose values name positions."""
+    positions = np.arange(tokens, dtype=np.float32)[None, :, None]
+    return [np.broadcast_to(positions * fill, (2, tokens, 3)).copy() for _ in range(2)]
 
 
 def first_array(hit) -> np.ndarray:
@@ -51,16 +51,16 @@ def test_lookup_returns_the_longest_whole_block_prefix_and_leaves_two_tokens_to_
 
 def test_insert_keeps_the_whole_blocks_of_the_prompt_only():
     cache = PrefixCache(capacity_bytes=10**6, block_tokens=BLOCK)
-    slot = kv(10)  # a slot view longer than the prompt
+    slot = kv(10)  # a slot's entries, longer than the prompt
     cache.insert([1, 2, 3, 4, 5, 6], slot)
-    assert cache.nbytes == sum(a[:, :, :4].nbytes for a in slot)
+    assert cache.nbytes == sum(a[:, :4].nbytes for a in slot)
     hit = cache.lookup([1, 2, 3, 4, 5, 6])
     assert np.array_equal(first_array(hit)[0, :, 0], [0, 1, 2, 3])
 
 
 def test_a_block_shared_by_prompts_is_stored_once():
     cache = PrefixCache(capacity_bytes=10**6, block_tokens=BLOCK)
-    block_bytes = sum(a[:, :, :BLOCK].nbytes for a in kv(BLOCK))
+    block_bytes = sum(a.nbytes for a in kv(BLOCK))
     cache.insert([1, 2, 3, 4, 5, 6, 7, 8], kv(8))
     cache.insert([1, 2, 3, 4, 9, 9, 9, 9], kv(8, fill=2.0))
     assert cache.nbytes == 3 * block_bytes

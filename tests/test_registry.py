@@ -110,6 +110,10 @@ def test_chat_model_files_by_graph_and_weights():
     assert chat_model_file(GraphKind.GQA, "fp32") == "gqa-fp32/model.onnx"
     assert chat_model_file(GraphKind.OPTIMUM, "int4") == "model.int4.onnx"
     assert chat_model_file(GraphKind.OPTIMUM, "fp32") == "model.onnx"
+    assert chat_model_file(GraphKind.GQA, "int4", "cuda") == "gqa-int4-cuda/model.onnx"
+    assert chat_model_file(GraphKind.OPTIMUM, "int4", "cuda") == "model.int4.onnx"
+    with pytest.raises(ValueError, match="int4"):
+        chat_model_file(GraphKind.GQA, "fp32", "cuda")
 
 
 def test_serving_for_unknown_model_is_not_found(tmp_path):
@@ -210,7 +214,7 @@ async def test_cancelled_import_holds_the_lock_until_its_export_child_exits(
             first = registry.ImportModel(request("tiny"))
             async for response in first:
                 # Reported by the export child, so it runs.
-                if response.stage == BUILD_STAGE.format(weights="int4"):
+                if response.stage == BUILD_STAGE.format(weights="int4", device="cpu"):
                     break
             [export_pid] = map(int, re.findall(r"\(pid (\d+)\)", caplog.text))
             assert running(export_pid)

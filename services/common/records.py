@@ -35,13 +35,24 @@ class GraphKind(enum.IntEnum):
 
 _CHAT_MODEL_FILES = {
     GraphKind.OPTIMUM: {"fp32": "model.onnx", "int4": "model.int4.onnx"},
-    GraphKind.GQA: {"fp32": "gqa-fp32/model.onnx", "int4": "gqa-int4/model.onnx"},
+    GraphKind.GQA: {
+        "fp32": "gqa-fp32/model.onnx",
+        "int4": "gqa-int4/model.onnx",
+        # Made for CUDA: fp16 activations, KV and logits (CUDA's GroupQueryAttention takes
+        # no fp32). ONNX Runtime's CPU provider runs it too, which is how it is tested here.
+        "int4-cuda": "gqa-int4-cuda/model.onnx",
+    },
 }
 
 
-def chat_model_file(graph: GraphKind, weights: str) -> str:
-    """Path of a chat model's graph with `weights` ("fp32" or "int4"), relative to its
-    artifact directory."""
+def chat_model_file(graph: GraphKind, weights: str, device: str = "cpu") -> str:
+    """Path of a chat model's graph with `weights` ("fp32" or "int4") for `device` ("cpu" or
+    "cuda"), relative to its artifact directory. On CUDA, builder graphs have int4 weights
+    only; optimum's run their CPU graphs."""
+    if device == "cuda" and graph is GraphKind.GQA:
+        if weights != "int4":
+            raise ValueError("on CUDA, builder graphs run int4 weights (with fp16 activations)")
+        weights = "int4-cuda"
     return _CHAT_MODEL_FILES[graph][weights]
 
 

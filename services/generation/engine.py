@@ -209,6 +209,7 @@ class GenerationEngine:
             self._stopping = True
             self._wakeup.notify()
         self._thread.join()
+        self.kv.close()
 
     async def generate(
         self, prompt_ids: list[int], params: list[ResolvedSampling]
@@ -387,7 +388,7 @@ class GenerationEngine:
         for sequence in request.sequences[1:]:
             self.kv.copy(request.slot, sequence.slot, size)
         if self.prefix_cache is not None:
-            self.prefix_cache.insert(request.prompt_ids, self.kv.view(request.slot, size))
+            self.prefix_cache.insert(request.prompt_ids, self.kv.entries(request.slot, size))
             self.metrics.prefix_cache_bytes(self.prefix_cache.nbytes)
         # Join the batch before the first token is reported, so observers see them running.
         self._decoding.extend(request.sequences)

@@ -34,9 +34,12 @@ class KvSlots:
     ):
         self.slots = slots
         self.max_len = max_len
-        shape = (slots, kv_heads, max_len, head_dim)
-        self.arrays = [_lazy_zeros(shape, dtype) for _ in range(num_arrays)]
-        self.bytes_per_token = num_arrays * kv_heads * head_dim * np.dtype(dtype).itemsize
+        self.kv_heads = kv_heads
+        self.head_dim = head_dim
+        self.dtype = np.dtype(dtype)
+        self.num_arrays = num_arrays
+        self._allocate()
+        self.bytes_per_token = num_arrays * kv_heads * head_dim * self.dtype.itemsize
         # Entries held per slot: where the slot's next token goes. A free slot holds none.
         self.lengths = np.zeros(slots, np.int64)
         # Lowest free slot first, so that the slots in use stay packed at the start (a decode
@@ -47,6 +50,56 @@ class KvSlots:
         self.bindings: dict[tuple[int, int], object] = {}
         # Free slot -> the prompt whose entries it still holds, for a prompt that starts alike.
         self._held: dict[int, np.ndarray] = {}
+
+    # Storage: host memory here; DeviceKvSlots overrides these methods. Entries come and go
+    # as host arrays [kv_heads, tokens, head_dim] per cache array.
+
+    device_type = "cpu"
+
+    def _allocate(self) -> None:
+        shape = (self.slots, self.kv_heads, self.max_len, self.head_dim)
+        self.arrays = [_lazy_zeros(shape, self.dtype) for _ in range(self.num_arrays)]
+
+    def close(self) -> None:
+        """Host buffers are freed with the object."""
+
+    def address(self, array: int, slot: int) -> int:
+        """Where the slot's row of a cache array starts, for IO binding."""
+        return self.arrays[array][slot].ctypes.data
+
+    def entries(self, slot: int, tokens: int) -> list[np.ndarray]:
+        """The slot's first `tokens` entries per array, [kv_heads, tokens, head_dim] (views)."""
+        return [a[slot, :, :tokens] for a in self.arrays]
+
+    def load(self, slot: int, blocks: list[list[np.ndarray]]) -> None:
+        """Writes blocks of entries (a cached prefix; per block, per array [kv_heads, tokens,
+        head_dim]) one after another from the slot's start."""
+        start = 0
+        for block in blocks:
+            end = start + block[0].shape[1]
+            for array, entries in zip(self.arrays, block, strict=True):
+                array[slot, :, start:end] = entries
+            start = end
+        self.lengths[slot] = start
+
+    def first_entries(self, slots: list[int]) -> list[np.ndarray]:
+        """A copy of the slots' first entry per array, [slots, kv_heads, head_dim] (see
+        restore_first_entries)."""
+        return [a[slots, :, 0].copy() for a in self.arrays] if slots else []
+
+    def restore_first_entries(self, slots: list[int], kept: list[np.ndarray]) -> None:
+        if not slots:
+            return
+        for array, entries in zip(self.arrays, kept, strict=True):
+            array[slots, :, 0] = entries
+
+    def copy(self, source: int, target: int, tokens: int) -> None:
+        """Gives `target` the first `tokens` entries of `source` (n completions of one prompt)."""
+        for array in self.arrays:
+            array[target, :, :tokens] = array[source, :, :tokens]
+        self.lengths[target] = tokens
+
+    # Bookkeeping
 
     @property
     def capacity_bytes(self) -> int:
@@ -92,37 +145,6 @@ class KvSlots:
         self.lengths[:] = 0
         self._held.clear()
         self._free = list(range(self.slots))
-
-    def view(self, slot: int, tokens: int) -> list[np.ndarray]:
-        """The slot's first `tokens` entries per array, as [1, kv_heads, tokens, head_dim] views."""
-        return [a[slot : slot + 1, :, :tokens] for a in self.arrays]
-
-    def load(self, slot: int, blocks: list[list[np.ndarray]]) -> None:
-        """Writes blocks of entries (a cached prefix; per block, per array [kv_heads, tokens,
-        head_dim]) one after another from the slot's start."""
-        start = 0
-        for block in blocks:
-            end = start + block[0].shape[1]
-            for array, entries in zip(self.arrays, block, strict=True):
-                array[slot, :, start:end] = entries
-            start = end
-        self.lengths[slot] = start
-
-    def first_entries(self, slots: list[int]) -> list[np.ndarray]:
-        """A copy of the slots' first entry per array (see restore_first_entries)."""
-        return [a[slots, :, 0].copy() for a in self.arrays] if slots else []
-
-    def restore_first_entries(self, slots: list[int], kept: list[np.ndarray]) -> None:
-        if not slots:
-            return
-        for array, entries in zip(self.arrays, kept, strict=True):
-            array[slots, :, 0] = entries
-
-    def copy(self, source: int, target: int, tokens: int) -> None:
-        """Gives `target` the first `tokens` entries of `source` (n completions of one prompt)."""
-        for array in self.arrays:
-            array[target, :, :tokens] = array[source, :, :tokens]
-        self.lengths[target] = tokens
 
 
 def _lazy_zeros(shape: tuple[int, ...], dtype: type[np.floating]) -> np.ndarray:

@@ -172,7 +172,9 @@ class ModelPool:
     def _build(self, record: ModelRecord) -> LoadedModel:
         artifact_dir = Path(record.artifact_dir)
         tokenizer = TextTokenizer(artifact_dir)
-        model_path = artifact_dir / chat_model_file(record.graph, self._weights)
+        on_cuda = self._providers[0] == "CUDAExecutionProvider"
+        device = "cuda" if on_cuda else "cpu"
+        model_path = artifact_dir / chat_model_file(record.graph, self._weights, device)
         model = OnnxCausalLM(model_path, self._providers, self._intra_op_threads)
         engine = GenerationEngine(
             model,

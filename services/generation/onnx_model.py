@@ -6,6 +6,7 @@ Two graph kinds run here, told apart by their inputs:
   nothing is copied;
 - optimum `text-generation-with-past` graphs (the fallback for other architectures): the past
   goes in as a copy of the rows and the new entries are written back into the slots.
+On CUDA, builder graphs keep their slots in device memory (DeviceKvSlots), bound the same way.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from services.common.onnx_runtime import open_session
+from services.generation.device_kv_slots import DeviceKvSlots
+from services.generation.device_memory import CudaMemory, DeviceMemory
 from services.generation.kv_slots import KvSlots
 
 _PAST_INPUT = re.compile(r"past_key_values\.(\d+)\.(key|value)")
@@ -46,11 +49,18 @@ class OnnxCausalLM:
         self.vocab_size = self.session.get_outputs()[0].shape[-1]
         # Builder graphs take positions from the mask; only optimum's take them explicitly.
         self.shares_kv_buffer = not any(i.name == "position_ids" for i in inputs)
+        # On CUDA, a shared-buffer graph keeps its KV slots in device memory; the optimum
+        # fallback copies its past in on every run, so its slots stay on the host.
+        on_cuda = self.provider == "CUDAExecutionProvider"
+        self.device_memory: DeviceMemory | None = (
+            CudaMemory() if on_cuda and self.shares_kv_buffer else None
+        )
 
     def allocate(self, slots: int, max_len: int) -> KvSlots:
-        return KvSlots(
-            len(self._past_names), self.num_kv_heads, self.head_dim, slots, max_len, self.kv_dtype
-        )
+        shape = (len(self._past_names), self.num_kv_heads, self.head_dim, slots, max_len)
+        if self.device_memory is not None:
+            return DeviceKvSlots(self.device_memory, *shape, self.kv_dtype)
+        return KvSlots(*shape, self.kv_dtype)
 
     def forward(
         self, kv: KvSlots, first: int, input_ids: np.ndarray, past_lengths: np.ndarray
@@ -74,7 +84,7 @@ class OnnxCausalLM:
         binding.bind_cpu_input("attention_mask", mask)
         self.session.run_with_iobinding(binding)
         logits = binding.get_outputs()[0].numpy()
-        return logits[:, -1, :]
+        return _float32(logits[:, -1, :])
 
     def _bind_slots(self, kv: KvSlots, first: int, count: int):
         """An IO binding of slots [first, first + count) as past and present (made once per
@@ -83,13 +93,14 @@ class OnnxCausalLM:
         # Bound first: get_outputs() follows the binding order.
         binding.bind_output("logits", "cpu")
         shape = [count, self.num_kv_heads, kv.max_len, self.head_dim]
-        for past, present, array in zip(
-            self._past_names, self._present_names, kv.arrays, strict=True
+        device = kv.device_type
+        for index, (past, present) in enumerate(
+            zip(self._past_names, self._present_names, strict=True)
         ):
             # Row `first` of a C-contiguous buffer: the n rows from it are contiguous too.
-            pointer = array[first].ctypes.data
-            binding.bind_input(past, "cpu", 0, self.kv_dtype, shape, pointer)
-            binding.bind_output(present, "cpu", 0, self.kv_dtype, shape, pointer)
+            address = kv.address(index, first)
+            binding.bind_input(past, device, 0, self.kv_dtype, shape, address)
+            binding.bind_output(present, device, 0, self.kv_dtype, shape, address)
         return binding
 
     def _forward_copying(self, kv, first, input_ids, past_lengths) -> np.ndarray:
@@ -108,7 +119,13 @@ class OnnxCausalLM:
         for name, array in zip(self._past_names, kv.arrays, strict=True):
             feeds[name] = np.ascontiguousarray(array[rows, :, :longest])
         logits, *present = self.session.run(["logits", *self._present_names], feeds)
+        logits = _float32(logits)
         for array, grown in zip(kv.arrays, present, strict=True):
             for row, length in enumerate(past_lengths):
                 array[first + row, :, length : length + steps] = grown[row, :, longest:]
         return logits[:, -1, :]
+
+
+def _float32(logits: np.ndarray) -> np.ndarray:
+    """Graphs made for CUDA give fp16 logits; sampling works in fp32 (a no-op otherwise)."""
+    return logits.astype(np.float32, copy=False)

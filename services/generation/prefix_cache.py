@@ -73,14 +73,14 @@ class PrefixCache:
         return PrefixHit(tokens, [self._blocks[key] for key in keys])
 
     def insert(self, prompt_ids: list[int], cache: list[np.ndarray]) -> None:
-        """Keeps the prompt's full blocks from `cache` ([1, kv_heads, >= tokens, head_dim] per
+        """Keeps the prompt's full blocks from `cache` ([kv_heads, >= tokens, head_dim] per
         array), copying those not cached yet."""
         keys = block_keys(prompt_ids, self.block_tokens)
         for index, key in enumerate(keys):
             if key in self._blocks:
                 continue
             start = index * self.block_tokens
-            block = [a[0, :, start : start + self.block_tokens].copy() for a in cache]
+            block = [a[:, start : start + self.block_tokens].copy() for a in cache]
             size = sum(a.nbytes for a in block)
             if size > self.capacity_bytes:
                 return

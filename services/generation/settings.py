@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import ServiceSettings
@@ -14,13 +15,14 @@ class GenerationSettings(ServiceSettings):
     registry_addr: str = "127.0.0.1:50051"
     # `cuda` uses ONNX Runtime's CUDA execution provider when installed, else falls back to CPU.
     device: Literal["cpu", "cuda"] = "cpu"
-    # Weight variant of chat models: int4 (MatMulNBits) or fp32; see docs/benchmarks.
+    # Weight variant of chat models: int4 (MatMulNBits) or fp32; see docs/benchmarks. On
+    # CUDA, int4 only: builder graphs then run their CUDA graph (fp16 activations and KV).
     weights: Literal["fp32", "int4"] = "int4"
     # ONNX Runtime intra-op threads; 0 lets ONNX Runtime use every core.
     intra_op_threads: int = 0
     # KV slots per model: the sequences decoded together. Each holds up to kv_context tokens
     # (or the model's context, if shorter); their memory is the bound, known at load:
-    # slots x context x (layers x 2 x kv_heads x head_dim x 4 bytes).
+    # slots x context x (layers x 2 x kv_heads x head_dim x 4 bytes; 2 on CUDA).
     kv_slots: int = 16
     kv_context: int = 8192
     # Prompt tokens prefilled per step, beside one decode token for each running sequence:
@@ -35,3 +37,12 @@ class GenerationSettings(ServiceSettings):
     metrics_port: int = 0
     # Models loaded at start, comma separated; others load on first request.
     preload_models: str = ""
+
+    @model_validator(mode="after")
+    def _cuda_runs_int4(self) -> GenerationSettings:
+        if self.device == "cuda" and self.weights != "int4":
+            raise ValueError(
+                "GENERATION_WEIGHTS=fp32 runs on the CPU only; with GENERATION_DEVICE=cuda, "
+                "chat models run int4 weights with fp16 activations"
+            )
+        return self

@@ -29,11 +29,15 @@ from services.common.records import GraphKind, ModelKind, SourceFormat, chat_mod
 
 PROGRESS_PREFIX = "@@progress "
 # Bump when the export recipe changes: it is part of the cache key.
-EXPORT_RECIPE = "ort-genai-0.11.4/gqa-int4+fp32|optimum-onnx-0.1.0/fp32+int4/last-logits/4"
+EXPORT_RECIPE = (
+    "ort-genai-0.11.4/gqa-int4+fp32+int4-cuda|optimum-onnx-0.1.0/fp32+int4/last-logits/5"
+)
 # What each gqa-*/ folder keeps of the builder's output.
 GQA_GRAPH_FILES = ("model.onnx", "model.onnx.data", "genai_config.json")
 # The stage the export child reports as the builder starts on one weight variant.
-BUILD_STAGE = "building the {weights} GroupQueryAttention graph (onnxruntime-genai)"
+BUILD_STAGE = "building the {weights} GroupQueryAttention graph for {device} (onnxruntime-genai)"
+# (weights, device, progress when it starts) of the builder's graphs.
+GQA_VARIANTS = (("int4", "cpu", 0.45), ("fp32", "cpu", 0.6), ("int4", "cuda", 0.8))
 ONNX_TASKS = {
     ModelKind.CHAT: "text-generation-with-past",
     ModelKind.EMBEDDING: "feature-extraction",
@@ -119,21 +123,22 @@ def _slice_logits(graph_file: Path) -> None:
 
 
 def _export_gqa(checkpoint: Path, onnx_dir: Path, scratch: Path, progress: Progress) -> None:
-    """Both weight variants with onnxruntime-genai's model builder (its default int4: RTN,
-    block size 32, symmetric, accuracy level 4 on the CPU), the tokenizer and config beside."""
+    """The weight variants with onnxruntime-genai's model builder (its default int4: RTN,
+    block size 32, symmetric, accuracy level 4 on the CPU): int4 and fp32 for the CPU, int4
+    with fp16 activations for CUDA; the tokenizer and config beside."""
     from onnxruntime_genai.models.builder import create_model
     from transformers import AutoConfig, AutoTokenizer
 
-    for weights, fraction in (("int4", 0.45), ("fp32", 0.7)):
-        progress(BUILD_STAGE.format(weights=weights), fraction)
-        graph_dir = onnx_dir / Path(chat_model_file(GraphKind.GQA, weights)).parent
+    for weights, device, fraction in GQA_VARIANTS:
+        progress(BUILD_STAGE.format(weights=weights, device=device), fraction)
+        graph_dir = onnx_dir / Path(chat_model_file(GraphKind.GQA, weights, device)).parent
         create_model(
             model_name=None,
             input_path=str(checkpoint),
             output_dir=str(graph_dir),
             precision=weights,
-            execution_provider="cpu",
-            cache_dir=str(scratch / f"builder-{weights}"),
+            execution_provider=device,
+            cache_dir=str(scratch / f"builder-{weights}-{device}"),
             # A local checkpoint: no Hugging Face token, none of its remote code.
             hf_token="false",
             hf_remote=False,
