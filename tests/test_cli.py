@@ -173,8 +173,11 @@ def test_interactive_chat_keeps_the_conversation_and_leaves_cleanly(cli_env, ser
     # The second request carried the first question and its answer.
     assert second["prompt_tokens"] > first["prompt_tokens"] + first["completion_tokens"]
 
-    # Ctrl-D (end of input) leaves too.
-    assert llmserve(*args, env=cli_env).returncode == 0
+    # Ctrl-D (end of input) leaves too; without --api-key the development key is used (a
+    # missing or wrong key would fail listing the models).
+    ended = llmserve("chat", env=cli_env)
+    assert ended.returncode == 0, ended.stderr
+    assert f"chatting with {DEFAULT_CHAT_MODEL}" in ended.stderr
 
     # Ctrl-C at the prompt: wait for the prompt, then interrupt.
     process = subprocess.Popen(

@@ -4,6 +4,7 @@ turns its failure into one line on stderr and an exit code (services/cli/errors.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from pydantic import ValidationError
@@ -61,6 +62,10 @@ def main(argv: list[str] | None = None) -> None:
         fail(error.message, error.exit_code)
     except KeyboardInterrupt:
         fail("interrupted", INTERRUPTED)
+    except BrokenPipeError:
+        # The reader left (`llmserve usage | head`): nothing more to say, and Python's own
+        # flush at exit must not complain either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 if __name__ == "__main__":

@@ -38,7 +38,12 @@ class EdgeClient:
             response = self._client.request(method, path, **kwargs)
         if response.is_error:
             raise CliError(error_message(response), REFUSED)
-        return response.json()
+        try:
+            return response.json()
+        except ValueError:
+            raise CliError(
+                f"{self.base_url} did not answer with JSON: not an edge?", REFUSED
+            ) from None
 
     @contextmanager
     def stream(self, method: str, path: str, **kwargs) -> Iterator[httpx.Response]:
