@@ -168,42 +168,55 @@ def test_interactive_chat_keeps_the_conversation_and_leaves_cleanly(cli_env, ser
     assert session.returncode == 0, session.stderr
     # A prompt before each question and before /exit; nothing is asked after it.
     assert session.stdout.count("> ") == 3
-    # Newest first.
-    second, first = usage_of(key["id"], 2, cli_env)["data"]
-    # The second request carried the first question and its answer.
-    assert second["prompt_tokens"] > first["prompt_tokens"] + first["completion_tokens"]
-
     # Ctrl-D (end of input) leaves too; without --api-key the development key is used (a
     # missing or wrong key would fail listing the models).
     ended = llmserve("chat", env=cli_env)
     assert ended.returncode == 0, ended.stderr
     assert f"chatting with {DEFAULT_CHAT_MODEL}" in ended.stderr
 
-    # Ctrl-C at the prompt: wait for the prompt, then interrupt.
+    # Ctrl-C while an answer streams stops it (its generation is cancelled); Ctrl-C at the
+    # prompt leaves. Greedy, this question's answer runs the whole 400 tokens.
+    long_answer = [*args[:-2], "--max-tokens", "400"]
     process = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", *args],
+        [sys.executable, "-m", "services.cli", *long_answer],
         cwd=REPO,
         env=cli_env,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    shown = b""
-    while not shown.endswith(b"> "):
-        chunk = os.read(process.stdout.fileno(), 1024)
-        assert chunk, process.stderr.read()
-        shown += chunk
+    read_until(process, lambda shown: shown.endswith(b"> "))
+    process.stdin.write(b"Write a long essay about the history of France.\n")
+    process.stdin.flush()
+    read_until(process, lambda shown: len(shown.strip()) > 20)
+    process.send_signal(signal.SIGINT)
+    read_until(process, lambda shown: shown.endswith(b"> "))
     process.send_signal(signal.SIGINT)
     _, errors = process.communicate(timeout=30)
     assert process.returncode == 0
-    assert b"Traceback" not in errors
+    assert b"[answer stopped]" in errors and b"Traceback" not in errors
+
+    # Newest first.
+    stopped, second, first = usage_of(key["id"], 3, cli_env)["data"]
+    assert stopped["status"] == "cancelled" and stopped["completion_tokens"] < 400
+    # The second question was sent with the first and its answer.
+    assert second["prompt_tokens"] > first["prompt_tokens"] + first["completion_tokens"]
+
+
+def read_until(process: subprocess.Popen, done) -> bytes:
+    """Reads the process's stdout until `done(what was read)`."""
+    shown = b""
+    while not done(shown):
+        chunk = os.read(process.stdout.fileno(), 1024)
+        assert chunk, process.stderr.read()
+        shown += chunk
+    return shown
 
 
 def test_bad_arguments_exit_2_with_a_message(cli_env, tmp_path):
     assert "invalid int value: 'x'" in fails(2, "keys", "issue", "x", env=cli_env)
     assert "ISO 8601" in fails(2, "usage", "--since", "yesterday", env=cli_env)
     assert "--model" in fails(2, "servings", "create", env=cli_env)
-    assert "invalid choice" in fails(2, "models", "import", "m", "f", "--kind", "x", env=cli_env)
     assert "cannot read" in fails(
         2, "models", "import", "m", "f", "--chat-template", str(tmp_path / "none"), env=cli_env
     )

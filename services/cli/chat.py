@@ -44,7 +44,7 @@ class ChatSession:
 
     def ask(self, question: str) -> None:
         """Streams the answer to stdout as it arrives. An interrupted answer stays in the
-        conversation as far as it was shown; a refused question leaves it."""
+        conversation as far as it was shown; a refused or unanswered question leaves it."""
         self._messages.append({"role": "user", "content": question})
         body = {"model": self.model, "messages": self._messages, "stream": True, **self._sampling}
         shown: list[str] = []
@@ -59,7 +59,7 @@ class ChatSession:
         finally:
             sys.stdout.write("\n")
             sys.stdout.flush()
-            if refused:
+            if refused or not shown:
                 self._messages.pop()
             else:
                 self._messages.append({"role": "assistant", "content": "".join(shown)})
