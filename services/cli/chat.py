@@ -141,18 +141,27 @@ def register(commands: argparse._SubParsersAction, shared: SharedOptions) -> Non
     chat = add_command(
         commands,
         "chat",
-        "chat with a serving in the terminal, answers streamed (/exit or Ctrl-D to leave)",
+        "chat with a serving, answers streamed (/exit or Ctrl-D leaves, Ctrl-C stops an answer)",
         run_chat,
         [shared.api],
     )
     chat.add_argument(
-        "--serving", type=positive_int, help="serving id (default: the one the key belongs to)"
+        "--serving",
+        type=positive_int,
+        metavar="ID",
+        help="serving id (default: the one the key belongs to)",
     )
     chat.add_argument("--model", help="model to ask (default: the first chat model the key sees)")
-    chat.add_argument("-m", "--message", help="ask once, print the answer and exit ('-': stdin)")
-    chat.add_argument("--system", help="system prompt")
-    chat.add_argument("--temperature", type=float, help="sampling temperature (0: greedy)")
-    chat.add_argument("--max-tokens", type=positive_int, help="longest answer in tokens")
+    chat.add_argument(
+        "-m", "--message", metavar="TEXT", help="ask once, print the answer and exit ('-': stdin)"
+    )
+    chat.add_argument("--system", metavar="TEXT", help="system prompt")
+    chat.add_argument(
+        "--temperature", type=float, metavar="X", help="sampling temperature (0: greedy)"
+    )
+    chat.add_argument(
+        "--max-tokens", type=positive_int, metavar="N", help="longest answer in tokens"
+    )
     chat.add_argument(
         "--show-usage", action="store_true", help="print token usage after each answer (stderr)"
     )

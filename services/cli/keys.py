@@ -50,7 +50,7 @@ def register(commands: argparse._SubParsersAction, shared: SharedOptions) -> Non
     issue = add_command(
         keys, "issue", "issue a key (its secret is shown once)", issue_key, with_output
     )
-    issue.add_argument("serving_id", type=int)
+    issue.add_argument("serving_id", type=int, help="the serving the key acts for")
     issue.add_argument("--name", default="", help="what the key is for")
     issue.add_argument(
         "--expires",
@@ -59,6 +59,6 @@ def register(commands: argparse._SubParsersAction, shared: SharedOptions) -> Non
         help="expiry, ISO 8601 or Unix seconds (default: never)",
     )
     listing = add_command(keys, "list", "list a serving's keys", list_keys, with_output)
-    listing.add_argument("serving_id", type=int)
+    listing.add_argument("serving_id", type=int, help="serving id")
     revoke = add_command(keys, "revoke", "revoke a key at once", revoke_key, [shared.admin])
-    revoke.add_argument("key_id")
+    revoke.add_argument("key_id", help="key id (key_...), as `keys list` shows it")

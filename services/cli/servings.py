@@ -90,6 +90,9 @@ SETTINGS = (
 )
 
 
+METAVARS = {int: "N", float: "X", _on_off: "{on,off}"}
+
+
 def _add_settings(parser: argparse.ArgumentParser, model_required: bool) -> None:
     group = parser.add_argument_group("serving settings (repeated flags replace the whole list)")
     for setting in SETTINGS:
@@ -101,6 +104,7 @@ def _add_settings(parser: argparse.ArgumentParser, model_required: bool) -> None
             action="append" if setting.repeated else "store",
             required=required,
             choices=setting.choices,
+            metavar=None if setting.choices else METAVARS.get(setting.type, "TEXT"),
             help=setting.help,
         )
 
@@ -188,13 +192,13 @@ def register(commands: argparse._SubParsersAction, shared: SharedOptions) -> Non
     create = add_command(servings, "create", "create a serving", create_serving, with_output)
     _add_settings(create, model_required=True)
     show = add_command(servings, "show", "show a serving", show_serving, with_output)
-    show.add_argument("id", type=int)
+    show.add_argument("id", type=int, help="serving id")
     update = add_command(
         servings, "update", "change some of a serving's settings", update_serving, with_output
     )
-    update.add_argument("id", type=int)
+    update.add_argument("id", type=int, help="serving id")
     _add_settings(update, model_required=False)
     remove = add_command(
         servings, "rm", "delete a serving and its keys", remove_serving, [shared.admin]
     )
-    remove.add_argument("id", type=int)
+    remove.add_argument("id", type=int, help="serving id")
