@@ -54,7 +54,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         defaults = Defaults.from_environment()
     except ValidationError as error:
-        fail(f"bad setting in the environment: {error.errors()[0]['msg']}", USAGE)
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        fail(f"bad setting in the environment ({where}): {first['msg']}", USAGE)
     args = build_parser(defaults).parse_args(argv)
     try:
         args.handler(args, defaults)
