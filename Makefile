@@ -31,7 +31,7 @@ $(STAMP_PROTOS): $(PROTO_SRC) $(STAMP_SETUP)
 	touch $@
 
 run: setup
-	$(PY) -m services.launcher
+	$(PY) -m services.cli run
 
 test: setup
 	$(PY) -m pytest -q

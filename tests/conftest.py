@@ -264,11 +264,11 @@ async def retrieval_server(tmp_path_factory, embedding_server):
 
 @contextmanager
 def launched_stack(env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen]:
-    """`python -m services.launcher` with `env`, logging to `log_path`; yields the launcher
-    once it reports ready, and stops it with SIGINT (what Ctrl-C sends) afterwards."""
+    """`llmserve run` (the launcher `make run` starts) with `env`, logging to `log_path`;
+    yields it once it reports ready, and stops it with SIGINT (what Ctrl-C sends) afterwards."""
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "services.launcher"],
+            [sys.executable, "-m", "services.cli", "run"],
             cwd=REPO,
             env=env,
             stdout=log,
@@ -315,7 +315,7 @@ class RunningStack:
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory, chat_model, embedding_model) -> RunningStack:
-    """`python -m services.launcher` as `make run` starts it, on free ports and a fresh database."""
+    """The stack as `make run` starts it, on free ports and a fresh database."""
     data = tmp_path_factory.mktemp("stack")
     env = {
         **isolated_stack_env(data, "test-admin-token"),

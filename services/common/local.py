@@ -25,6 +25,12 @@ def write_secret_file(path: Path, secret: str) -> None:
     os.replace(temporary, path)
 
 
+def admin_token_path(dev_key_path: Path) -> Path:
+    """Where the launcher keeps the local admin token (beside the development API key), so
+    the command line finds it too."""
+    return dev_key_path.parent / "admin-token"
+
+
 def isolated_stack_env(data: Path, admin_token: str) -> dict[str, str]:
     """The environment of `python -m services.launcher` with every service on a free port and
     every file under `data` (tests and benchmarks start stacks side by side with `make run`)."""

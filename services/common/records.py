@@ -103,6 +103,20 @@ class ModelRecord:
         )
 
 
+@dataclass(frozen=True)
+class ImportProgress:
+    """One event of an import: its stage and overall fraction, and the model once recorded."""
+
+    stage: str
+    fraction: float
+    model: ModelRecord | None = None
+
+    @classmethod
+    def from_pb(cls, pb: registry_pb2.ImportModelResponse) -> ImportProgress:
+        model = ModelRecord.from_pb(pb.model) if pb.HasField("model") else None
+        return cls(stage=pb.stage, fraction=pb.progress, model=model)
+
+
 class ModerationAction(enum.IntEnum):
     CUT = registry_pb2.MODERATION_ACTION_CUT
     WITHHOLD = registry_pb2.MODERATION_ACTION_WITHHOLD

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from edge.settings import EdgeSettings
 from services.common.healthcheck import grpc_serving, http_ok
-from services.common.local import free_port, write_secret_file
+from services.common.local import admin_token_path, free_port, write_secret_file
 from services.common.logs import setup_logging
 from services.embedding.settings import EmbeddingSettings
 from services.generation.settings import GenerationSettings
@@ -323,9 +323,9 @@ def main() -> None:
     launcher = LauncherSettings()
     edge = EdgeSettings()
     registry_addr = f"{registry.host}:{registry.port}"
-    admin_token_path = registry.dev_key_path.parent / "admin-token"
+    token_path = admin_token_path(registry.dev_key_path)
     edge_admin_token = (
-        edge.admin_token.get_secret_value() if edge.admin_token else admin_token(admin_token_path)
+        edge.admin_token.get_secret_value() if edge.admin_token else admin_token(token_path)
     )
     base = f"http://{edge.host}:{edge.port}"
 
@@ -376,7 +376,7 @@ def main() -> None:
                     registry.dev_key_path,
                 )
             if not edge.admin_token:
-                logger.info("admin token for %s/admin/v1 in %s", base, admin_token_path)
+                logger.info("admin token for %s/admin/v1 in %s", base, token_path)
             logger.info("ready: OpenAI API at %s/v1 (Ctrl-C stops)", base)
             stack.supervise()
         except KeyboardInterrupt:

@@ -1,18 +1,19 @@
-"""Registry service and CLI: `python -m services.registry [serve]` runs the gRPC service
-(importing the defaults first); the other commands (`--help` lists them) work on the local
-database and cache named by the REGISTRY_* settings.
+"""Registry service: `python -m services.registry [serve]` imports the default models if
+missing, then runs the gRPC service. Operators manage models, servings, keys and usage with
+the `llmserve` command line (services/cli), which talks to this service and the edge.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 
 from llmserve.registry.v1 import registry_pb2, registry_pb2_grpc
 from services.common.errors import ServiceError
 from services.common.logs import setup_logging
+from services.common.progress import progress_bar
 from services.common.rpc import serve_until_signalled
-from services.registry.cli import build_parser, progress_bar, run
 from services.registry.defaults import ensure_defaults
 from services.registry.importer import ModelImporter
 from services.registry.servicer import RegistryServicer
@@ -33,19 +34,22 @@ async def serve(settings: RegistrySettings, store: RegistryStore, importer: Mode
 
 
 def main() -> None:
-    args = build_parser().parse_args()
+    parser = argparse.ArgumentParser(
+        prog="python -m services.registry",
+        description="Run the registry's gRPC service (configured by REGISTRY_* variables).",
+        epilog="Models, servings, keys and usage: the `llmserve` command (llmserve --help).",
+    )
+    parser.add_argument("command", nargs="?", choices=["serve"], default="serve")
+    parser.parse_args()
     settings = RegistrySettings()
     setup_logging(settings.log_level, "registry")
     store = RegistryStore(settings.db_path)
     importer = ModelImporter(settings.cache_dir)
     try:
-        if args.command in (None, "serve"):
-            if settings.bootstrap_defaults:
-                with progress_bar("default model") as progress:
-                    ensure_defaults(store, importer, progress, settings.dev_key_path)
-            asyncio.run(serve(settings, store, importer))
-        else:
-            run(args, store, importer)
+        if settings.bootstrap_defaults:
+            with progress_bar("default model") as progress:
+                ensure_defaults(store, importer, progress, settings.dev_key_path)
+        asyncio.run(serve(settings, store, importer))
     except ServiceError as error:
         raise SystemExit(f"error: {error.message}") from None
     finally:
