@@ -12,6 +12,7 @@ from edge.errors import install_error_handlers
 from edge.metrics import MetricsMiddleware, metrics_router
 from edge.routes import (
     admin,
+    admin_models,
     chat,
     completions,
     documents,
@@ -53,6 +54,7 @@ def build_app(settings: EdgeSettings) -> FastAPI:
     # The enterprise gateway's per-serving routes: the serving decides the chat model.
     app.include_router(api, prefix=SERVING_PREFIX, dependencies=[Depends(authenticate_serving)])
     app.include_router(admin.router)
+    app.include_router(admin_models.router)
     app.include_router(metrics_router(public=settings.metrics_public))
 
     @app.get("/health")

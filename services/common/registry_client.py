@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from llmserve.registry.v1 import registry_pb2, registry_pb2_grpc
 from services.common.client import ServiceClient
 from services.common.records import (
     ApiKeyRecord,
+    ImportProgress,
     ModelKind,
     ModelRecord,
     ServingRecord,
@@ -27,6 +30,16 @@ class RegistryClient(ServiceClient):
         request = registry_pb2.ListModelsRequest(kind=int(kind) if kind else 0)
         response = await self._unary(self._stub.ListModels, request)
         return [ModelRecord.from_pb(m) for m in response.models]
+
+    async def import_model(
+        self, request: registry_pb2.ImportModelRequest, timeout_s: float
+    ) -> AsyncIterator[ImportProgress]:
+        """Progress of an export (minutes); closing the iterator early cancels the import."""
+        async for response in self._stream(self._stub.ImportModel, request, timeout_s):
+            yield ImportProgress.from_pb(response)
+
+    async def delete_model(self, name: str) -> None:
+        await self._unary(self._stub.DeleteModel, registry_pb2.DeleteModelRequest(name=name))
 
     async def list_servings(self) -> list[ServingRecord]:
         response = await self._unary(self._stub.ListServings, registry_pb2.ListServingsRequest())

@@ -31,10 +31,12 @@ from services.common.records import (
     ModerationPolicy,
     ServingRecord,
     SourceFormat,
+    TimeUsage,
     UsageQuery,
     UsageRecord,
     UsageStatus,
     UsageSummary,
+    UserUsage,
 )
 from services.registry.migrations import upgrade_schema
 
@@ -226,11 +228,17 @@ class RegistryStore:
         return key, secret
 
     def list_keys(self, serving_id: int) -> list[ApiKeyRecord]:
+        # Last use from the usage log (index usage_by_key), so a request writes nothing more.
         rows = self._read(
-            "SELECT * FROM api_keys WHERE serving_id = ? ORDER BY created_at_unix_ms DESC",
+            "SELECT k.*, (SELECT MAX(u.created_at_unix_ms) FROM usage u"
+            " WHERE u.api_key_id = k.id) AS last_used_at_unix_ms"
+            " FROM api_keys k WHERE k.serving_id = ? ORDER BY k.created_at_unix_ms DESC",
             (serving_id,),
         )
-        return [_key_from_row(row) for row in rows]
+        return [
+            replace(_key_from_row(row), last_used_at_unix_ms=row["last_used_at_unix_ms"] or 0)
+            for row in rows
+        ]
 
     def revoke_key(self, key_id: str) -> None:
         cursor = self._write(
@@ -297,12 +305,34 @@ class RegistryStore:
         if query.until_unix_ms:
             clauses.append("created_at_unix_ms < ?")
             args.append(query.until_unix_ms)
+        if query.status is not None:
+            clauses.append("status = ?")
+            args.append(int(query.status))
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        sums = "COUNT(*), SUM(prompt_tokens), SUM(completion_tokens)"
         by_endpoint = [
             EndpointUsage(*row)
             for row in self._read(
-                "SELECT endpoint, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens)"
-                f" FROM usage {where} GROUP BY endpoint ORDER BY endpoint",
+                f"SELECT endpoint, {sums} FROM usage {where} GROUP BY endpoint ORDER BY endpoint",
+                tuple(args),
+            )
+        ]
+        by_time = []
+        if query.bucket_ms:
+            # The newest buckets, put back in time order.
+            by_time = [
+                TimeUsage(*row)
+                for row in self._read(
+                    f"SELECT (created_at_unix_ms / ?) * ? AS bucket, {sums} FROM usage {where}"
+                    " GROUP BY bucket ORDER BY bucket DESC LIMIT 1000",
+                    (query.bucket_ms, query.bucket_ms, *args),
+                )
+            ][::-1]
+        by_user = [
+            UserUsage(*row)
+            for row in self._read(
+                f"SELECT user_id, {sums} FROM usage {where}"
+                " GROUP BY user_id ORDER BY COUNT(*) DESC, user_id LIMIT 100",
                 tuple(args),
             )
         ]
@@ -317,6 +347,8 @@ class RegistryStore:
             prompt_tokens=sum(e.prompt_tokens for e in by_endpoint),
             completion_tokens=sum(e.completion_tokens for e in by_endpoint),
             by_endpoint=by_endpoint,
+            by_time=by_time,
+            by_user=by_user,
         )
 
 
