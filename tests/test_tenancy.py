@@ -46,6 +46,7 @@ ROWS: dict[tuple[str, str], dict] = {
     ("get", "/v1/info"): {},
     ("post", "/v1/info"): {},
     ("get", "/metrics"): {},
+    ("get", "/console/v1/session"): {},
 }
 ADMIN_ROWS: dict[tuple[str, str], dict] = {
     ("get", "/admin/v1/servings"): {},
@@ -57,10 +58,16 @@ ADMIN_ROWS: dict[tuple[str, str], dict] = {
     ("post", "/admin/v1/servings/{serving_id}/keys"): {"json": {}},
     ("delete", "/admin/v1/keys/{key_id}"): {},
     ("get", "/admin/v1/usage"): {},
+    ("get", "/admin/v1/models"): {},
+    ("post", "/admin/v1/models"): {
+        "json": {"name": "matrix", "kind": "chat", "source": "/no/such/model.gguf"}
+    },
+    ("delete", "/admin/v1/models/{name}"): {},
+    ("get", "/admin/v1/engine/metrics"): {},
 }
 PUBLIC = {("get", "/health")}
 # Plain routes that have no per-serving twin.
-NOT_PER_SERVING = {"/metrics"}
+NOT_PER_SERVING = {"/metrics", "/console/v1/session"}
 
 
 def route_table() -> set[tuple[str, str]]:

@@ -139,8 +139,14 @@ class RegistryStore:
                 ),
             )
         except sqlite3.IntegrityError as error:
-            raise AlreadyExists(f"A model named `{model.name}` already exists.") from error
+            raise _name_taken(model.name) from error
         return model
+
+    def check_model_name_free(self, name: str) -> None:
+        """Before an import's minutes of export: a taken name fails at once (add_model still
+        guards the race with another import of the same name)."""
+        if self._read("SELECT 1 FROM models WHERE name = ?", (name,)):
+            raise _name_taken(name)
 
     def get_model(self, name: str) -> ModelRecord:
         rows = self._read("SELECT * FROM models WHERE name = ?", (name,))
@@ -350,6 +356,10 @@ class RegistryStore:
             by_time=by_time,
             by_user=by_user,
         )
+
+
+def _name_taken(name: str) -> AlreadyExists:
+    return AlreadyExists(f"A model named `{name}` already exists.", param="name")
 
 
 def _with_created(record):
