@@ -118,3 +118,44 @@ def test_sign_in_issue_a_key_chat_and_see_it_in_the_usage_log(page: Page, stack)
         "aria-label", re.compile(re.escape(user))
     )
 
+
+def test_a_key_signs_in_by_keyboard_sees_its_serving_read_only_and_nothing_outlives_the_tab(
+    page: Page, stack
+):
+    page.goto("/console/")
+    # The token field has focus; Enter submits: no mouse needed.
+    expect(page.get_by_label("Admin token or API key")).to_be_focused()
+    page.keyboard.type(stack.api_key)
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="Playground")).to_be_focused()
+    expect(page.locator("#who")).to_contain_text("serving ")
+
+    page.get_by_role("link", name="Servings").click()
+    expect(page.get_by_text("read-only")).to_be_visible()
+    expect(page.get_by_role("article")).to_have_count(1)
+    expect(page.get_by_role("button", name="Edit")).to_have_count(0)
+    page.get_by_role("link", name="API keys").click()
+    expect(page.get_by_text("needs the admin token")).to_be_visible()
+
+    # Documents through the key: upload (progress, then the result), see it, delete it.
+    page.get_by_role("link", name="Documents").click()
+    upload = page.get_by_role("form", name="Upload a document")
+    upload.get_by_label("Collection").fill("console_notes")
+    upload.get_by_label("File").set_input_files(
+        files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"The console works."}]
+    )
+    upload.get_by_role("button", name="Upload").click()
+    expect(upload).to_contain_text("chunks added to console_notes", timeout=60_000)
+    collections = page.get_by_role("table", name=re.compile("^Collections"))
+    expect(collections).to_contain_text("console_notes")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Delete collection console_notes").click()
+    expect(collections).not_to_contain_text("console_notes")
+
+    # The key lives in this tab's sessionStorage only: no cookie, nothing in localStorage.
+    assert page.evaluate("localStorage.length") == 0
+    assert page.context.cookies() == []
+    assert page.evaluate("Object.values(sessionStorage)") == [stack.api_key]
+    page.get_by_role("button", name="Sign out").click()
+    assert page.evaluate("sessionStorage.length") == 0
+    expect(page.get_by_label("Admin token or API key")).to_be_visible()

@@ -63,7 +63,11 @@ export function lineChart(title, series, formatX) {
   const ticks = Math.min(xs.length, 5);
   for (let i = 0; i < ticks; i++) {
     const x = xs[Math.round((i * (xs.length - 1)) / Math.max(1, ticks - 1))];
-    svg.append(s("text", { x: px(x), y: H - 8, class: "axis", "text-anchor": "middle" }, formatX(x)));
+    // The outer labels align inward, so none is cut at the chart's edge.
+    const anchor = i === 0 && ticks > 1 ? "start" : i === ticks - 1 && ticks > 1 ? "end" : "middle";
+    // Every other label only on a phone (console.css), where they would overlap.
+    const every = i % 2 ? "axis tick-odd" : "axis";
+    svg.append(s("text", { x: px(x), y: H - 8, class: every, "text-anchor": anchor }, formatX(x)));
   }
   series.forEach((serie, i) => {
     const d = serie.points.map((p, j) => `${j ? "L" : "M"}${px(p[0]).toFixed(1)},${py(p[1]).toFixed(1)}`);

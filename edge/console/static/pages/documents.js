@@ -13,11 +13,13 @@ export async function render(main, ctx) {
     return;
   }
   let servingId = pickInitial(servings, ctx.handoff.serving);
+  // The serving's own collection (what its chat is grounded in) is the likely one.
+  const usual = () => servings.find((sv) => sv.id === servingId).rag_collection || "default";
   const base = () => servingBase(servingId);
   const list = h("div");
   const names = h("datalist", { id: "collection-names" });
 
-  const collection = input({ name: "collection", list: "collection-names", required: true, value: "default" });
+  const collection = input({ name: "collection", list: "collection-names", required: true, value: usual() });
   const file = h("input", { type: "file", name: "file", required: true });
   const progress = h("progress", { max: 1, value: 0, hidden: true, "aria-label": "Upload progress" });
   const uploadError = errorBox();
@@ -30,7 +32,7 @@ export async function render(main, ctx) {
     h("button", { type: "submit" }, "Upload"));
 
   const query = input({ name: "chunk-query", required: true, placeholder: "What are you looking for?" });
-  const searchIn = input({ name: "chunk-collection", list: "collection-names", value: "default" });
+  const searchIn = input({ name: "chunk-collection", list: "collection-names", value: usual() });
   const searchError = errorBox();
   const chunks = h("ol", { class: "chunks" });
   const searchForm = h("form", { class: "card", "aria-label": "Search chunks" },
@@ -96,7 +98,12 @@ export async function render(main, ctx) {
   });
 
   if (servings.length > 1 || ctx.admin) {
-    main.append(servingPicker(servings, servingId, (id) => { servingId = id; chunks.replaceChildren(); reload(); }));
+    main.append(servingPicker(servings, servingId, (id) => {
+      servingId = id;
+      collection.value = searchIn.value = usual();
+      chunks.replaceChildren();
+      reload();
+    }));
   }
   main.append(list, uploadForm, searchForm);
   await reload();

@@ -22,9 +22,9 @@ export async function render(main, ctx) {
     key: h("input", { type: "password", name: "playground-key", autocomplete: "off", value: ctx.handoff.key || "" }),
     user: input({ name: "playground-user", placeholder: "x-genos-user-id" }),
     system: h("textarea", { rows: 2, name: "playground-system" }),
-    temperature: input({ type: "number", step: "0.1", min: 0, max: 2, name: "temperature" }),
-    top_p: input({ type: "number", step: "0.05", min: 0, max: 1, name: "top_p" }),
-    max_tokens: input({ type: "number", step: 1, min: 1, name: "max_tokens", value: 64 }),
+    temperature: input({ type: "number", step: "0.1", min: 0, max: 2, name: "temperature", placeholder: "serving's" }),
+    top_p: input({ type: "number", step: "0.05", min: 0, max: 1, name: "top_p", placeholder: "serving's" }),
+    max_tokens: input({ type: "number", step: 1, min: 1, name: "max_tokens", placeholder: "serving's n_predict" }),
     collection: input({ name: "playground-collection" }),
     message: h("textarea", { rows: 3, name: "message", required: true }),
   };
