@@ -95,6 +95,8 @@ def test_import_streams_progress_then_the_model_and_delete_forgets_it(stack, mod
     assert "model" not in events[0]
     assert events[-1]["model"]["name"] == name
     assert events[-1]["model"]["kind"] == "embedding"
+    # The source by its name only: no server path in a response.
+    assert events[-1]["model"]["source"] == minilm_checkpoint().name
     listed = requests.get(models_url, headers=stack.admin_headers, timeout=10).json()["data"]
     assert name in [m["name"] for m in listed]
     taken = requests.post(models_url, json=body, headers=stack.admin_headers, timeout=30)

@@ -84,7 +84,7 @@ def test_sign_in_issue_a_key_chat_and_see_it_in_the_usage_log(page: Page, stack)
     expect(card).to_contain_text("/api/gateway/rep/serving/")
     card.get_by_role("button", name="API keys").click()
 
-    page.get_by_label("Name").fill("from the console")
+    page.get_by_label("Name", exact=True).fill("from the console")
     page.get_by_role("button", name="Issue key").click()
     secret = page.get_by_label("New API key")
     expect(secret).to_have_value(re.compile(r"^sk-llms-"))
@@ -92,8 +92,8 @@ def test_sign_in_issue_a_key_chat_and_see_it_in_the_usage_log(page: Page, stack)
     page.get_by_role("button", name="Use in playground").click()
 
     # The playground calls with the issued key, handed over in memory.
-    expect(page.get_by_label("API key")).to_have_value(issued)
-    page.get_by_label("User id").fill(user)
+    expect(page.get_by_label("API key", exact=True)).to_have_value(issued)
+    page.get_by_label("User id", exact=True).fill(user)
     page.get_by_label("Message", exact=True).fill("Say hello.")
     page.get_by_role("button", name="Send").click()
     answer = page.locator(".turn.assistant")
@@ -105,7 +105,7 @@ def test_sign_in_issue_a_key_chat_and_see_it_in_the_usage_log(page: Page, stack)
 
     page.get_by_role("link", name="Usage").click()
     page.get_by_text("More filters").click()
-    page.get_by_label("User id").fill(user)
+    page.get_by_label("User id", exact=True).fill(user)
     page.get_by_role("button", name="Apply").click()
     # The record arrives within the edge's flush interval; the page refreshes every 5 s.
     expect(page.get_by_role("table", name=re.compile("Newest requests"))).to_contain_text(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from pathlib import PurePath
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Path, Request
@@ -55,7 +56,8 @@ def model_json(model: ModelRecord) -> dict:
     return {
         "name": model.name,
         "kind": model.kind.name.lower(),
-        "source": model.source,
+        # The file or directory name only: no server path leaves the edge.
+        "source": PurePath(model.source).name,
         "source_format": model.source_format.name.lower(),
         "source_sha256": model.source_sha256,
         "context_length": model.context_length,

@@ -103,7 +103,7 @@ export async function render(main, ctx) {
   const metrics = h("section", { class: "metrics", "aria-labelledby": "engine-title" });
   const reload = async () => {
     const models = (await api("/admin/v1/models")).data;
-    list.replaceChildren(table("Models", ["Name", "Kind", "Context", "Graph", "Source", "Imported", ""],
+    list.replaceChildren(table("Models", ["Name", "Kind", "Context", "Graph", "Source file", "Imported", ""],
       models.map((m) => [m.name, m.kind, fmtNum(m.context_length), m.graph, h("code", { class: "path" }, m.source),
         fmtTime(m.created_at), h("button", { type: "button", class: "danger", "aria-label": `Delete model ${m.name}`,
           onclick: confirmThen(`Delete model ${m.name}? (Its export stays cached.)`, async () => {
