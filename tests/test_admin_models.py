@@ -188,3 +188,4 @@ def test_usage_totals_per_bucket_and_user(stack, admin: Admin):
         f"{admin.base}/servings/{serving['id']}/keys", headers=admin.headers, timeout=10
     ).json()["data"]
     assert keys[0]["last_used_at"] == usage["data"][0]["created_at_unix_ms"] // 1000
+    assert keys[0]["prefix"] == key["prefix"] == key["secret"][: len("sk-llms-") + 4]

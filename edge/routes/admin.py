@@ -124,6 +124,7 @@ def key_json(key: ApiKeyRecord) -> dict:
         "id": key.id,
         "serving_id": key.serving_id,
         "name": key.name,
+        "prefix": key.secret_prefix,
         "created_at": key.created_at_unix_ms // 1000,
         "expires_at": key.expires_at_unix_ms // 1000 or None,
         "revoked_at": key.revoked_at_unix_ms // 1000 or None,

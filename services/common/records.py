@@ -201,6 +201,8 @@ class ApiKeyRecord:
     revoked_at_unix_ms: int = 0
     # Newest usage record made with the key; 0 if never used (filled by list_keys only).
     last_used_at_unix_ms: int = 0
+    # The secret's first characters, to tell keys apart (the rest is never kept).
+    secret_prefix: str = ""
 
     @classmethod
     def from_pb(cls, pb: registry_pb2.ApiKey) -> ApiKeyRecord:

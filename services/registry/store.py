@@ -42,6 +42,8 @@ from services.registry.migrations import upgrade_schema
 
 # Secrets look like OpenAI keys; the prefix lets scanners recognise leaked ones.
 SECRET_PREFIX = "sk-llms-"
+# Random characters of a secret kept in clear to tell keys apart (of 43: 24 bits of 256).
+SECRET_PREFIX_SHOWN = 4
 _MODEL_COLUMNS = (
     "name",
     "kind",
@@ -218,9 +220,11 @@ class RegistryStore:
             name=name,
             created_at_unix_ms=now_ms(),
             expires_at_unix_ms=expires_at_unix_ms,
+            secret_prefix=secret[: len(SECRET_PREFIX) + SECRET_PREFIX_SHOWN],
         )
         self._write(
-            "INSERT INTO api_keys VALUES (?,?,?,?,?,?,?)",
+            "INSERT INTO api_keys (id, serving_id, name, secret_sha256, created_at_unix_ms,"
+            " expires_at_unix_ms, revoked_at_unix_ms, secret_prefix) VALUES (?,?,?,?,?,?,?,?)",
             (
                 key.id,
                 key.serving_id,
@@ -229,6 +233,7 @@ class RegistryStore:
                 key.created_at_unix_ms,
                 key.expires_at_unix_ms,
                 0,
+                key.secret_prefix,
             ),
         )
         return key, secret
@@ -405,6 +410,7 @@ def _key_from_row(row: sqlite3.Row) -> ApiKeyRecord:
         created_at_unix_ms=row["created_at_unix_ms"],
         expires_at_unix_ms=row["expires_at_unix_ms"],
         revoked_at_unix_ms=row["revoked_at_unix_ms"],
+        secret_prefix=row["secret_prefix"],
     )
 
 

@@ -51,9 +51,9 @@ export async function render(main, ctx) {
   const reload = async () => {
     const keys = (await api(`/admin/v1/servings/${servingId}/keys`)).data;
     list.replaceChildren(table(`Keys of serving ${servingId}`,
-      ["Name", "Key id", "Created", "Expires", "Last used", "Status", ""],
+      ["Name", "Key", "Key id", "Created", "Expires", "Last used", "Status", ""],
       keys.map((key) => [
-        key.name || "—", h("code", {}, key.id), fmtTime(key.created_at), fmtTime(key.expires_at),
+        key.name || "—", h("code", {}, key.prefix ? `${key.prefix}…` : "—"), h("code", {}, key.id), fmtTime(key.created_at), fmtTime(key.expires_at),
         fmtTime(key.last_used_at), keyStatus(key),
         key.revoked_at ? "" : h("button", { type: "button", class: "danger", "aria-label": `Revoke key ${key.id}`,
           onclick: confirmThen(`Revoke key ${key.name || key.id}? Calls with it will fail.`, async () => {
