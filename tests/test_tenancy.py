@@ -42,6 +42,7 @@ ROWS: dict[tuple[str, str], dict] = {
     },
     ("get", "/v1/collections"): {},
     ("post", "/v1/collections"): {"json": {"name": "matrix_empty"}},
+    ("get", "/v1/collections/{name}/chunks"): {},
     ("delete", "/v1/collections/{name}"): {},
     ("get", "/v1/info"): {},
     ("post", "/v1/info"): {},
@@ -199,6 +200,10 @@ def test_another_servings_documents_do_not_exist_for_a_key(stack, tenants, a_pri
         assert _without_name(taken.json()["error"], "private") == _without_name(
             missing.json()["error"], "never_made"
         )
+    chunks = requests.get(f"{base}/v1/collections/private/chunks", headers=b, timeout=10)
+    assert chunks.status_code == 404
+    own = requests.get(f"{base}/v1/collections/private/chunks", headers=a, timeout=10).json()
+    assert own["total"] == 1 and own["data"][0]["text"] == SECRET
     deleted = requests.delete(f"{base}/v1/collections/private", headers=b, timeout=10)
     assert deleted.status_code == 404
     gone = requests.delete(f"{base}/v1/files/{a_private}", headers=b, timeout=10)

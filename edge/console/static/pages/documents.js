@@ -1,5 +1,5 @@
-// Documents of a serving: its collections, uploads into one (with progress), searching its
-// chunks, deleting a collection. Through the public API, so a serving's key can use it too.
+// Documents of a serving: its collections, uploads into one (with progress), a collection's
+// chunks (listed, or searched as grounded chat finds them), deleting a collection. Through the public API, so a serving's key can use it too.
 
 import { api, servingBase, upload } from "../api.js";
 import { confirmThen, errorBox, field, fmtNum, h, input, showError, table, title, toast } from "../dom.js";
@@ -36,10 +36,30 @@ export async function render(main, ctx) {
   const searchError = errorBox();
   const chunks = h("ol", { class: "chunks" });
   const searchForm = h("form", { class: "card", "aria-label": "Search chunks" },
-    h("h2", {}, "See chunks"),
+    h("h2", {}, "Search chunks"),
     h("p", { class: "muted" }, "The chunks of a collection nearest to a query, as grounded chat retrieves them."),
     h("div", { class: "grid" }, field("Query", query), field("Collection", searchIn)),
     searchError, h("button", { type: "submit" }, "Search"), chunks);
+
+  const listed = h("section", { class: "card", hidden: true, "aria-live": "polite", "aria-labelledby": "chunks-title" });
+  const PAGE = 50;
+  const showChunks = async (name, offset = 0) => {
+    const page = await api(`${base()}/collections/${encodeURIComponent(name)}/chunks?offset=${offset}&limit=${PAGE}`);
+    const items = page.data.map((c) =>
+      h("li", {}, h("span", { class: "score" }, `${c.filename} #${c.index}`), " ", c.text));
+    if (offset === 0) {
+      listed.replaceChildren(h("h2", { id: "chunks-title" }, `Chunks of ${name}`),
+        h("p", { class: "muted" }, `${page.total} chunks in stored order.`), h("ol", { class: "chunks" }));
+    }
+    listed.querySelector(".more")?.remove();
+    listed.querySelector("ol").append(...items);
+    const shown = offset + page.data.length;
+    if (shown < page.total) {
+      listed.append(h("button", { type: "button", class: "secondary more",
+        onclick: () => showChunks(name, shown) }, `Show more (${shown} of ${page.total})`));
+    }
+    listed.hidden = false;
+  };
 
   const reload = async () => {
     const data = (await api(`${base()}/collections`)).data;
@@ -47,12 +67,16 @@ export async function render(main, ctx) {
     list.replaceChildren(table(`Collections of serving ${servingId}`,
       ["Name", "Documents", "Chunks", "Chunk / overlap tokens", "Embedding model", ""],
       data.map((c) => [c.name, fmtNum(c.documents), fmtNum(c.chunks), `${c.chunk_tokens} / ${c.overlap_tokens}`,
-        c.embedding_model, h("button", { type: "button", class: "danger", "aria-label": `Delete collection ${c.name}`,
+        c.embedding_model, h("span", { class: "actions" },
+          h("button", { type: "button", class: "secondary", "aria-label": `Show chunks of ${c.name}`,
+            onclick: () => showChunks(c.name) }, "Chunks"),
+          h("button", { type: "button", class: "danger", "aria-label": `Delete collection ${c.name}`,
           onclick: confirmThen(`Delete collection ${c.name} and its documents?`, async () => {
             await api(`${base()}/collections/${encodeURIComponent(c.name)}`, { method: "DELETE" });
             toast(`Collection ${c.name} deleted`);
+            listed.hidden = true;
             reload();
-          }) }, "Delete")])));
+          }) }, "Delete"))])));
   };
 
   uploadForm.addEventListener("submit", async (event) => {
@@ -101,10 +125,11 @@ export async function render(main, ctx) {
     main.append(servingPicker(servings, servingId, (id) => {
       servingId = id;
       collection.value = searchIn.value = usual();
+      listed.hidden = true;
       chunks.replaceChildren();
       reload();
     }));
   }
-  main.append(list, uploadForm, searchForm);
+  main.append(list, listed, uploadForm, searchForm);
   await reload();
 }
