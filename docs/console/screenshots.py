@@ -130,9 +130,11 @@ def main() -> None:
 
         page.goto("/console/#/documents")
         page.get_by_label("Serving").select_option(str(serving["id"]))
+        page.get_by_role("button", name="Show chunks of handbook").click()
         page.get_by_label("Query").fill("vacation")
         page.get_by_role("button", name="Search").click()
         expect(page.locator(".chunks li").first).to_be_visible()
+        page.evaluate("window.scrollTo(0, 0)")
         shoot(page, "documents")
 
         page.goto("/console/#/models")
