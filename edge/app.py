@@ -8,10 +8,12 @@ from fastapi import APIRouter, Depends, FastAPI
 
 from edge.auth import authenticate, authenticate_serving
 from edge.body_limit import BodyLimitMiddleware
+from edge.console.router import console_router, session_router
 from edge.errors import install_error_handlers
 from edge.metrics import MetricsMiddleware, metrics_router
 from edge.routes import (
     admin,
+    admin_models,
     chat,
     completions,
     documents,
@@ -53,7 +55,10 @@ def build_app(settings: EdgeSettings) -> FastAPI:
     # The enterprise gateway's per-serving routes: the serving decides the chat model.
     app.include_router(api, prefix=SERVING_PREFIX, dependencies=[Depends(authenticate_serving)])
     app.include_router(admin.router)
+    app.include_router(admin_models.router)
     app.include_router(metrics_router(public=settings.metrics_public))
+    app.include_router(console_router())
+    app.include_router(session_router)
 
     @app.get("/health")
     async def health() -> dict:

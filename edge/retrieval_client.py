@@ -54,6 +54,21 @@ class Collection:
 
 
 @dataclass(frozen=True)
+class StoredChunk:
+    text: str
+    document_id: str
+    filename: str
+    index: int
+
+
+@dataclass(frozen=True)
+class ChunkPage:
+    chunks: list[StoredChunk]
+    # Chunks in the whole collection.
+    total: int
+
+
+@dataclass(frozen=True)
 class StoredFile:
     id: str
     tenant: int
@@ -176,6 +191,14 @@ class RetrievalClient(ServiceClient):
         request = retrieval_pb2.ListCollectionsRequest(tenant=tenant, all_tenants=all_tenants)
         response = await self._unary(self._stub.ListCollections, request)
         return [Collection.from_pb(c) for c in response.collections]
+
+    async def list_chunks(self, tenant: int, name: str, offset: int, limit: int) -> ChunkPage:
+        request = retrieval_pb2.ListChunksRequest(
+            tenant=tenant, collection=name, offset=offset, limit=limit
+        )
+        response = await self._unary(self._stub.ListChunks, request)
+        chunks = [StoredChunk(c.text, c.document_id, c.filename, c.index) for c in response.chunks]
+        return ChunkPage(chunks, response.total)
 
     async def delete_collection(self, tenant: int, name: str) -> None:
         request = retrieval_pb2.DeleteCollectionRequest(tenant=tenant, name=name)

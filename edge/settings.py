@@ -40,3 +40,7 @@ class EdgeSettings(BaseSettings):
     # Usage records are sent to the registry in batches this often, or when this many wait.
     usage_flush_interval_s: float = 0.2
     usage_batch_size: int = 256
+    # The generation replicas' Prometheus endpoints (comma separated, e.g.
+    # http://127.0.0.1:9101/metrics with GENERATION_METRICS_PORT=9101), for the console's
+    # engine metrics; empty shows none.
+    generation_metrics_urls: str = ""

@@ -317,9 +317,12 @@ class RunningStack:
 def stack(tmp_path_factory, chat_model, embedding_model) -> RunningStack:
     """The stack as `make run` starts it, on free ports and a fresh database."""
     data = tmp_path_factory.mktemp("stack")
+    metrics_port = free_port()
     env = {
         **isolated_stack_env(data, "test-admin-token"),
-        "GENERATION_METRICS_PORT": str(free_port()),
+        "GENERATION_METRICS_PORT": str(metrics_port),
+        # The console's engine metrics (tests/test_admin_models.py).
+        "EDGE_GENERATION_METRICS_URLS": f"http://127.0.0.1:{metrics_port}/metrics",
         # Revocation tests wait this long for the edge's key cache.
         "EDGE_KEY_CACHE_TTL_S": "1",
         "EDGE_CATALOG_TTL_S": "1",

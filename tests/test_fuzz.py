@@ -29,7 +29,11 @@ LEAKS = re.compile(
     + "|".join(re.escape(str(p)) for p in {Path.home(), Path(__file__).resolve().parents[1]})
 )
 
-schema = schemathesis.openapi.from_dict(build_app(EdgeSettings()).openapi())
+# A model import reads whatever path it is given on the registry's machine and exports it for
+# minutes: no input for a fuzzer (tests/test_admin_models.py sends it bad bodies instead).
+schema = schemathesis.openapi.from_dict(build_app(EdgeSettings()).openapi()).exclude(
+    method="POST", path="/admin/v1/models"
+)
 schema.config.generation.update(
     modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE],
     max_examples=EXAMPLES_PER_OPERATION,

@@ -42,10 +42,12 @@ ROWS: dict[tuple[str, str], dict] = {
     },
     ("get", "/v1/collections"): {},
     ("post", "/v1/collections"): {"json": {"name": "matrix_empty"}},
+    ("get", "/v1/collections/{name}/chunks"): {},
     ("delete", "/v1/collections/{name}"): {},
     ("get", "/v1/info"): {},
     ("post", "/v1/info"): {},
     ("get", "/metrics"): {},
+    ("get", "/console/v1/session"): {},
 }
 ADMIN_ROWS: dict[tuple[str, str], dict] = {
     ("get", "/admin/v1/servings"): {},
@@ -57,10 +59,16 @@ ADMIN_ROWS: dict[tuple[str, str], dict] = {
     ("post", "/admin/v1/servings/{serving_id}/keys"): {"json": {}},
     ("delete", "/admin/v1/keys/{key_id}"): {},
     ("get", "/admin/v1/usage"): {},
+    ("get", "/admin/v1/models"): {},
+    ("post", "/admin/v1/models"): {
+        "json": {"name": "matrix", "kind": "chat", "source": "/no/such/model.gguf"}
+    },
+    ("delete", "/admin/v1/models/{name}"): {},
+    ("get", "/admin/v1/engine/metrics"): {},
 }
 PUBLIC = {("get", "/health")}
 # Plain routes that have no per-serving twin.
-NOT_PER_SERVING = {"/metrics"}
+NOT_PER_SERVING = {"/metrics", "/console/v1/session"}
 
 
 def route_table() -> set[tuple[str, str]]:
@@ -192,6 +200,10 @@ def test_another_servings_documents_do_not_exist_for_a_key(stack, tenants, a_pri
         assert _without_name(taken.json()["error"], "private") == _without_name(
             missing.json()["error"], "never_made"
         )
+    chunks = requests.get(f"{base}/v1/collections/private/chunks", headers=b, timeout=10)
+    assert chunks.status_code == 404
+    own = requests.get(f"{base}/v1/collections/private/chunks", headers=a, timeout=10).json()
+    assert own["total"] == 1 and own["data"][0]["text"] == SECRET
     deleted = requests.delete(f"{base}/v1/collections/private", headers=b, timeout=10)
     assert deleted.status_code == 404
     gone = requests.delete(f"{base}/v1/files/{a_private}", headers=b, timeout=10)

@@ -72,6 +72,12 @@ def test_store_contract(open_store):
         assert [p.text for p in found] == [f"doc{i // 10} chunk{i % 10} word{i}" for i in exact]
         assert found[0].score == pytest.approx(float(vectors[23] @ query), abs=1e-4)
         assert (found[0].document_id, found[0].filename, found[0].index) == ("d2", "f2.txt", 3)
+        # Listed in stored order, a page at a time.
+        page, total = store.list_chunks(name, 12, 3)
+        assert total == 50
+        assert [(c.text, c.document_id, c.filename, c.index) for c in page] == [
+            (f"doc1 chunk{i} word{10 + i}", "d1", "f1.txt", i) for i in (2, 3, 4)
+        ]
         # Hybrid: a keyword only one chunk holds lifts it to the top despite a poor vector.
         hybrid = store.search(name, vectors[0], "word42", 3, SearchMode.HYBRID, 0.3)
         assert hybrid[0].text == "doc4 chunk2 word42"
@@ -81,6 +87,8 @@ def test_store_contract(open_store):
         store.search(name, vectors[0], "", 3, SearchMode.VECTOR, 0.5)
     with pytest.raises(NotFound):
         store.delete_collection(name)
+    with pytest.raises(NotFound):
+        store.list_chunks(name, 0, 10)
     store.close()
     reopened = open_store()
     assert name not in [c.spec.name for c in reopened.list_collections()]

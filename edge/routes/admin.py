@@ -22,6 +22,7 @@ from services.common.records import (
     ModerationPolicy,
     ServingRecord,
     UsageQuery,
+    UsageStatus,
 )
 
 
@@ -123,9 +124,11 @@ def key_json(key: ApiKeyRecord) -> dict:
         "id": key.id,
         "serving_id": key.serving_id,
         "name": key.name,
+        "prefix": key.secret_prefix,
         "created_at": key.created_at_unix_ms // 1000,
         "expires_at": key.expires_at_unix_ms // 1000 or None,
         "revoked_at": key.revoked_at_unix_ms // 1000 or None,
+        "last_used_at": key.last_used_at_unix_ms // 1000 or None,
     }
 
 
@@ -197,6 +200,11 @@ async def query_usage(
     since: Annotated[int, Query(ge=0, le=MAX_UNIX_S, description="Unix seconds, inclusive")] = 0,
     until: Annotated[int, Query(ge=0, le=MAX_UNIX_S, description="Unix seconds, exclusive")] = 0,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+    status: Literal["ok", "client_error", "server_error", "cancelled"] | None = None,
+    bucket: Annotated[
+        int, Query(ge=1, le=366 * 86400, description="Width of `by_time` buckets, seconds")
+    ]
+    | None = None,
 ) -> dict:
     summary = await _state(request).registry.query_usage(
         UsageQuery(
@@ -207,6 +215,8 @@ async def query_usage(
             since_unix_ms=since * 1000,
             until_unix_ms=until * 1000,
             limit=limit,
+            status=UsageStatus[status.upper()] if status else None,
+            bucket_ms=(bucket or 0) * 1000,
         )
     )
     return {
@@ -224,5 +234,25 @@ async def query_usage(
                 "completion_tokens": e.completion_tokens,
             }
             for e in summary.by_endpoint
+        ],
+        # With `bucket`: the newest 1000 non-empty buckets, oldest first.
+        "by_time": [
+            {
+                "start": t.start_unix_ms // 1000,
+                "requests": t.requests,
+                "prompt_tokens": t.prompt_tokens,
+                "completion_tokens": t.completion_tokens,
+            }
+            for t in summary.by_time
+        ],
+        # The 100 users with most requests.
+        "by_user": [
+            {
+                "user_id": u.user_id,
+                "requests": u.requests,
+                "prompt_tokens": u.prompt_tokens,
+                "completion_tokens": u.completion_tokens,
+            }
+            for u in summary.by_user
         ],
     }

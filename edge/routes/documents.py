@@ -1,6 +1,6 @@
 """Documents for retrieval: POST|GET /v1/files, DELETE /v1/files/{id} (OpenAI's file objects),
 POST /v1/create/rag (upload + chunk + embed + store in one call, as the node API offers) and
-/v1/collections (list, create, delete).
+/v1/collections (list, create, delete, and a collection's chunks).
 
 Everything acts in the caller's namespace (its serving's): another serving's collections and
 files do not exist for it. The admin token on a plain route lists every serving's."""
@@ -13,7 +13,7 @@ from fastapi import APIRouter, Form, Query, Request, UploadFile
 from pydantic import Field
 
 from edge.auth import Caller, caller_of, user_id_of
-from edge.protocol import RequestBody
+from edge.protocol import MAX_INT32, RequestBody
 from edge.retrieval_client import Collection, StoredFile
 from edge.state import EdgeState
 from edge.tracking import track
@@ -184,6 +184,34 @@ async def create_collection(body: CreateCollectionRequest, request: Request) -> 
         caller.tenant, body.name, body.chunk_tokens, body.overlap_tokens
     )
     return collection_json(collection, caller)
+
+
+@router.get("/v1/collections/{name}/chunks")
+async def list_chunks(
+    name: str,
+    request: Request,
+    offset: Annotated[int, Query(ge=0, le=MAX_INT32)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> dict:
+    """A page of the collection's chunks in the order they were stored."""
+    page = await _state(request).retrieval.list_chunks(
+        caller_of(request).tenant, name, offset, limit
+    )
+    return {
+        "object": "list",
+        "data": [
+            {
+                "text": c.text,
+                "document_id": c.document_id,
+                "filename": c.filename,
+                "index": c.index,
+            }
+            for c in page.chunks
+        ],
+        "total": page.total,
+        "offset": offset,
+        "limit": limit,
+    }
 
 
 @router.delete("/v1/collections/{name}")

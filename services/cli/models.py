@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
+from llmserve.registry.v1 import registry_pb2
 from services.cli.config import Defaults
 from services.cli.errors import REFUSED, UNREACHABLE, CliError
 from services.cli.options import SharedOptions, add_command, subcommands
@@ -19,6 +20,8 @@ from services.common.records import ModelKind, ModelRecord
 from services.common.registry_client import RegistryClient
 
 T = TypeVar("T")
+# An export takes minutes (about one for the default 135M model here).
+IMPORT_TIMEOUT_S = 3600.0
 
 
 def with_registry(address: str, work: Callable[[RegistryClient], Awaitable[T]]) -> T:
@@ -79,14 +82,15 @@ def list_models(args: argparse.Namespace, defaults: Defaults) -> None:
 def import_model(args: argparse.Namespace, defaults: Defaults) -> None:
     async def work(registry: RegistryClient) -> ModelRecord:
         with progress_bar(args.name) as update:
-            async for event in registry.import_model(
-                args.name,
-                ModelKind[args.kind.upper()],
+            request = registry_pb2.ImportModelRequest(
+                name=args.name,
+                kind=int(ModelKind[args.kind.upper()]),
                 # The registry resolves paths from its own working directory.
-                args.source.resolve(),
+                source=str(args.source.resolve()),
                 context_length=args.context_length,
                 chat_template=args.chat_template or "",
-            ):
+            )
+            async for event in registry.import_model(request, IMPORT_TIMEOUT_S):
                 update(event.stage, event.fraction)
                 if event.model is not None:
                     return event.model

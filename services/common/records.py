@@ -224,6 +224,10 @@ class ApiKeyRecord:
     created_at_unix_ms: int = 0
     expires_at_unix_ms: int = 0
     revoked_at_unix_ms: int = 0
+    # Newest usage record made with the key; 0 if never used (filled by list_keys only).
+    last_used_at_unix_ms: int = 0
+    # The secret's first characters, to tell keys apart (the rest is never kept).
+    secret_prefix: str = ""
 
     @classmethod
     def from_pb(cls, pb: registry_pb2.ApiKey) -> ApiKeyRecord:
@@ -313,13 +317,21 @@ class UsageQuery:
     since_unix_ms: int = 0
     until_unix_ms: int = 0
     limit: int = 100
+    # Only records of this outcome; None for any.
+    status: UsageStatus | None = None
+    # Width of the time buckets of the summary's `by_time`; 0 for none.
+    bucket_ms: int = 0
 
     @classmethod
     def from_pb(cls, pb: registry_pb2.QueryUsageRequest) -> UsageQuery:
-        return cls(**{f.name: getattr(pb, f.name) for f in dataclasses.fields(cls)})
+        values = {f.name: getattr(pb, f.name) for f in dataclasses.fields(cls)}
+        values["status"] = UsageStatus(pb.status) if pb.status else None
+        return cls(**values)
 
     def to_pb(self) -> registry_pb2.QueryUsageRequest:
-        return registry_pb2.QueryUsageRequest(**dataclasses.asdict(self))
+        values = dataclasses.asdict(self)
+        values["status"] = int(self.status or 0)
+        return registry_pb2.QueryUsageRequest(**values)
 
 
 @dataclass(frozen=True)
@@ -340,6 +352,40 @@ class EndpointUsage:
 
 
 @dataclass(frozen=True)
+class TimeUsage:
+    """Totals of the records a usage query matched in one time bucket."""
+
+    start_unix_ms: int
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+
+    @classmethod
+    def from_pb(cls, pb: registry_pb2.TimeUsage) -> TimeUsage:
+        return cls(**{f.name: getattr(pb, f.name) for f in dataclasses.fields(cls)})
+
+    def to_pb(self) -> registry_pb2.TimeUsage:
+        return registry_pb2.TimeUsage(**dataclasses.asdict(self))
+
+
+@dataclass(frozen=True)
+class UserUsage:
+    """Totals of the records a usage query matched for one end user."""
+
+    user_id: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+
+    @classmethod
+    def from_pb(cls, pb: registry_pb2.UserUsage) -> UserUsage:
+        return cls(**{f.name: getattr(pb, f.name) for f in dataclasses.fields(cls)})
+
+    def to_pb(self) -> registry_pb2.UserUsage:
+        return registry_pb2.UserUsage(**dataclasses.asdict(self))
+
+
+@dataclass(frozen=True)
 class UsageSummary:
     """The newest matching records (up to the limit) and totals over every match."""
 
@@ -349,6 +395,10 @@ class UsageSummary:
     completion_tokens: int
     # Ordered by endpoint; they add up to the totals above.
     by_endpoint: list[EndpointUsage]
+    # Non-empty buckets of the query's bucket_ms, oldest first (empty without one).
+    by_time: list[TimeUsage] = field(default_factory=list)
+    # Most requests first, the top 100 users.
+    by_user: list[UserUsage] = field(default_factory=list)
 
     @classmethod
     def from_pb(cls, pb: registry_pb2.QueryUsageResponse) -> UsageSummary:
@@ -358,6 +408,8 @@ class UsageSummary:
             prompt_tokens=pb.total_usage.prompt_tokens,
             completion_tokens=pb.total_usage.completion_tokens,
             by_endpoint=[EndpointUsage.from_pb(e) for e in pb.by_endpoint],
+            by_time=[TimeUsage.from_pb(t) for t in pb.by_time],
+            by_user=[UserUsage.from_pb(u) for u in pb.by_user],
         )
 
     def to_pb(self) -> registry_pb2.QueryUsageResponse:
@@ -368,4 +420,6 @@ class UsageSummary:
                 prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens
             ),
             by_endpoint=[e.to_pb() for e in self.by_endpoint],
+            by_time=[t.to_pb() for t in self.by_time],
+            by_user=[u.to_pb() for u in self.by_user],
         )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 from llmserve.registry.v1 import registry_pb2, registry_pb2_grpc
 from services.common.client import ServiceClient
@@ -33,24 +32,9 @@ class RegistryClient(ServiceClient):
         return [ModelRecord.from_pb(m) for m in response.models]
 
     async def import_model(
-        self,
-        name: str,
-        kind: ModelKind,
-        source: Path,
-        *,
-        context_length: int = 0,
-        chat_template: str = "",
-        timeout_s: float = 3600.0,
+        self, request: registry_pb2.ImportModelRequest, timeout_s: float
     ) -> AsyncIterator[ImportProgress]:
-        """Progress events of an import, the last one with the model; closing the iterator
-        early cancels the import. `source` is a path on the registry's machine."""
-        request = registry_pb2.ImportModelRequest(
-            name=name,
-            kind=int(kind),
-            source=str(source),
-            context_length=context_length,
-            chat_template=chat_template,
-        )
+        """Progress of an export (minutes); closing the iterator early cancels the import."""
         async for response in self._stream(self._stub.ImportModel, request, timeout_s):
             yield ImportProgress.from_pb(response)
 

@@ -377,6 +377,7 @@ def main() -> None:
                 )
             if not edge.admin_token:
                 logger.info("admin token for %s/admin/v1 in %s", base, token_path)
+            logger.info("console at %s/console/ (sign in with the admin token or a key)", base)
             logger.info("ready: OpenAI API at %s/v1 (Ctrl-C stops)", base)
             stack.supervise()
         except KeyboardInterrupt:

@@ -46,6 +46,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             raise InvalidArgument("`name` and `source` are required.")
         if not request.kind:
             raise InvalidArgument("`kind` is required.", param="kind")
+        await asyncio.to_thread(self._store.check_model_name_free, request.name)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
         cancellation = ImportCancellation()

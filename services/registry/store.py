@@ -31,15 +31,19 @@ from services.common.records import (
     ModerationPolicy,
     ServingRecord,
     SourceFormat,
+    TimeUsage,
     UsageQuery,
     UsageRecord,
     UsageStatus,
     UsageSummary,
+    UserUsage,
 )
 from services.registry.migrations import upgrade_schema
 
 # Secrets look like OpenAI keys; the prefix lets scanners recognise leaked ones.
 SECRET_PREFIX = "sk-llms-"
+# Random characters of a secret kept in clear to tell keys apart (of 43: 24 bits of 256).
+SECRET_PREFIX_SHOWN = 4
 _MODEL_COLUMNS = (
     "name",
     "kind",
@@ -137,8 +141,14 @@ class RegistryStore:
                 ),
             )
         except sqlite3.IntegrityError as error:
-            raise AlreadyExists(f"A model named `{model.name}` already exists.") from error
+            raise _name_taken(model.name) from error
         return model
+
+    def check_model_name_free(self, name: str) -> None:
+        """Before an import's minutes of export: a taken name fails at once (add_model still
+        guards the race with another import of the same name)."""
+        if self._read("SELECT 1 FROM models WHERE name = ?", (name,)):
+            raise _name_taken(name)
 
     def get_model(self, name: str) -> ModelRecord:
         rows = self._read("SELECT * FROM models WHERE name = ?", (name,))
@@ -210,9 +220,11 @@ class RegistryStore:
             name=name,
             created_at_unix_ms=now_ms(),
             expires_at_unix_ms=expires_at_unix_ms,
+            secret_prefix=secret[: len(SECRET_PREFIX) + SECRET_PREFIX_SHOWN],
         )
         self._write(
-            "INSERT INTO api_keys VALUES (?,?,?,?,?,?,?)",
+            "INSERT INTO api_keys (id, serving_id, name, secret_sha256, created_at_unix_ms,"
+            " expires_at_unix_ms, revoked_at_unix_ms, secret_prefix) VALUES (?,?,?,?,?,?,?,?)",
             (
                 key.id,
                 key.serving_id,
@@ -221,16 +233,23 @@ class RegistryStore:
                 key.created_at_unix_ms,
                 key.expires_at_unix_ms,
                 0,
+                key.secret_prefix,
             ),
         )
         return key, secret
 
     def list_keys(self, serving_id: int) -> list[ApiKeyRecord]:
+        # Last use from the usage log (index usage_by_key), so a request writes nothing more.
         rows = self._read(
-            "SELECT * FROM api_keys WHERE serving_id = ? ORDER BY created_at_unix_ms DESC",
+            "SELECT k.*, (SELECT MAX(u.created_at_unix_ms) FROM usage u"
+            " WHERE u.api_key_id = k.id) AS last_used_at_unix_ms"
+            " FROM api_keys k WHERE k.serving_id = ? ORDER BY k.created_at_unix_ms DESC",
             (serving_id,),
         )
-        return [_key_from_row(row) for row in rows]
+        return [
+            replace(_key_from_row(row), last_used_at_unix_ms=row["last_used_at_unix_ms"] or 0)
+            for row in rows
+        ]
 
     def revoke_key(self, key_id: str) -> None:
         cursor = self._write(
@@ -297,12 +316,34 @@ class RegistryStore:
         if query.until_unix_ms:
             clauses.append("created_at_unix_ms < ?")
             args.append(query.until_unix_ms)
+        if query.status is not None:
+            clauses.append("status = ?")
+            args.append(int(query.status))
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        sums = "COUNT(*), SUM(prompt_tokens), SUM(completion_tokens)"
         by_endpoint = [
             EndpointUsage(*row)
             for row in self._read(
-                "SELECT endpoint, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens)"
-                f" FROM usage {where} GROUP BY endpoint ORDER BY endpoint",
+                f"SELECT endpoint, {sums} FROM usage {where} GROUP BY endpoint ORDER BY endpoint",
+                tuple(args),
+            )
+        ]
+        by_time = []
+        if query.bucket_ms:
+            # The newest buckets, put back in time order.
+            by_time = [
+                TimeUsage(*row)
+                for row in self._read(
+                    f"SELECT (created_at_unix_ms / ?) * ? AS bucket, {sums} FROM usage {where}"
+                    " GROUP BY bucket ORDER BY bucket DESC LIMIT 1000",
+                    (query.bucket_ms, query.bucket_ms, *args),
+                )
+            ][::-1]
+        by_user = [
+            UserUsage(*row)
+            for row in self._read(
+                f"SELECT user_id, {sums} FROM usage {where}"
+                " GROUP BY user_id ORDER BY COUNT(*) DESC, user_id LIMIT 100",
                 tuple(args),
             )
         ]
@@ -317,7 +358,13 @@ class RegistryStore:
             prompt_tokens=sum(e.prompt_tokens for e in by_endpoint),
             completion_tokens=sum(e.completion_tokens for e in by_endpoint),
             by_endpoint=by_endpoint,
+            by_time=by_time,
+            by_user=by_user,
         )
+
+
+def _name_taken(name: str) -> AlreadyExists:
+    return AlreadyExists(f"A model named `{name}` already exists.", param="name")
 
 
 def _with_created(record):
@@ -363,6 +410,7 @@ def _key_from_row(row: sqlite3.Row) -> ApiKeyRecord:
         created_at_unix_ms=row["created_at_unix_ms"],
         expires_at_unix_ms=row["expires_at_unix_ms"],
         revoked_at_unix_ms=row["revoked_at_unix_ms"],
+        secret_prefix=row["secret_prefix"],
     )
 
 

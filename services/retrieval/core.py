@@ -12,6 +12,8 @@ import asyncio
 import dataclasses
 import hashlib
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +30,7 @@ from services.retrieval.domain import (
     DocumentInfo,
     ScoredChunk,
     SearchMode,
+    StoredChunk,
     check_collection_name,
     split_store_name,
     store_name,
@@ -148,13 +151,15 @@ class RetrievalCore:
 
     async def delete_collection(self, tenant: int, name: str) -> None:
         stored = store_name(tenant, check_collection_name(name))
-        try:
+        with _unknown_as(name):
             await asyncio.to_thread(self.store.delete_collection, stored)
-        except NotFound as error:
-            # The store names the qualified name; the caller knows only its own.
-            raise NotFound(
-                f"The collection `{name}` does not exist.", param="collection"
-            ) from error
+
+    async def list_chunks(
+        self, tenant: int, name: str, offset: int, limit: int
+    ) -> tuple[list[StoredChunk], int]:
+        stored = store_name(tenant, check_collection_name(name))
+        with _unknown_as(name):
+            return await asyncio.to_thread(self.store.list_chunks, stored, offset, limit)
 
     async def _find_collection(self, stored: str) -> CollectionInfo | None:
         try:
@@ -282,6 +287,15 @@ class RetrievalCore:
         return RetrieveResult(
             name, points, limit, threshold, result.prompt_tokens, info.spec.embedding_model
         )
+
+
+@contextmanager
+def _unknown_as(name: str) -> Iterator[None]:
+    """A store's NotFound names the qualified name; the caller knows only its own."""
+    try:
+        yield
+    except NotFound as error:
+        raise NotFound(f"The collection `{name}` does not exist.", param="collection") from error
 
 
 def _visible(info: CollectionInfo) -> CollectionInfo:

@@ -109,6 +109,16 @@ class Chunk:
 
 
 @dataclass(frozen=True)
+class StoredChunk:
+    """A chunk as stored, listed without a query."""
+
+    text: str
+    document_id: str
+    filename: str
+    index: int
+
+
+@dataclass(frozen=True)
 class ScoredChunk:
     text: str
     score: float

@@ -27,6 +27,7 @@ from services.retrieval.domain import (
     DocumentInfo,
     ScoredChunk,
     SearchMode,
+    StoredChunk,
 )
 
 logger = logging.getLogger(__name__)
@@ -284,6 +285,23 @@ class EmbeddedStore:
         return DocumentInfo(*row)
 
     # Search
+
+    def list_chunks(
+        self, collection: str, offset: int, limit: int
+    ) -> tuple[list[StoredChunk], int]:
+        self.get_collection(collection)
+        with self._lock:
+            # Chunk ids grow as documents are added, each document's chunks in order.
+            rows = self._conn.execute(
+                "SELECT c.text, c.document_id, d.filename, c.chunk_index FROM chunks c"
+                " JOIN documents d ON d.collection = c.collection AND d.id = c.document_id"
+                " WHERE c.collection = ? ORDER BY c.id LIMIT ? OFFSET ?",
+                (collection, limit, offset),
+            ).fetchall()
+            (total,) = self._conn.execute(
+                "SELECT COUNT(*) FROM chunks WHERE collection = ?", (collection,)
+            ).fetchone()
+        return [StoredChunk(*row) for row in rows], total
 
     def search(
         self,

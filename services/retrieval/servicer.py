@@ -131,6 +131,21 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
         )
 
     @rpc_method
+    async def ListChunks(self, request, context):
+        chunks, total = await self._core.list_chunks(
+            request.tenant, request.collection, request.offset, request.limit or 100
+        )
+        return retrieval_pb2.ListChunksResponse(
+            chunks=[
+                retrieval_pb2.StoredChunk(
+                    text=c.text, document_id=c.document_id, filename=c.filename, index=c.index
+                )
+                for c in chunks
+            ],
+            total=total,
+        )
+
+    @rpc_method
     async def DeleteCollection(self, request, context):
         await self._core.delete_collection(request.tenant, request.name)
         return retrieval_pb2.DeleteCollectionResponse()

@@ -14,6 +14,7 @@ from services.retrieval.domain import (
     DocumentInfo,
     ScoredChunk,
     SearchMode,
+    StoredChunk,
 )
 
 
@@ -53,5 +54,11 @@ class VectorStore(Protocol):
         alpha: float,
     ) -> list[ScoredChunk]:
         """The `limit` best chunks, best first."""
+
+    def list_chunks(
+        self, collection: str, offset: int, limit: int
+    ) -> tuple[list[StoredChunk], int]:
+        """A page of the chunks in stored order (document by document, in chunk order) and
+        the collection's chunk count. NotFound if unknown."""
 
     def close(self) -> None: ...

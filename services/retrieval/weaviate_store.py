@@ -23,6 +23,7 @@ from services.retrieval.domain import (
     DocumentInfo,
     ScoredChunk,
     SearchMode,
+    StoredChunk,
 )
 
 logger = logging.getLogger(__name__)
@@ -183,6 +184,30 @@ class WeaviateStore:
             len(chunks),
             document.created_at_unix_ms,
         )
+
+    def list_chunks(
+        self, collection: str, offset: int, limit: int
+    ) -> tuple[list[StoredChunk], int]:
+        from weaviate.classes.query import Sort
+
+        handle = self._collection(collection)
+        order = (
+            Sort.by_property("created_at_unix_ms")
+            .by_property("document_id")
+            .by_property("chunk_index")
+        )
+        found = handle.query.fetch_objects(limit=limit, offset=offset, sort=order).objects
+        total = handle.aggregate.over_all(total_count=True).total_count
+        chunks = [
+            StoredChunk(
+                o.properties["text"],
+                o.properties["document_id"],
+                o.properties["filename"],
+                o.properties["chunk_index"],
+            )
+            for o in found
+        ]
+        return chunks, total
 
     # Search
 
