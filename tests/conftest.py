@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from services.common.local import free_port, isolated_stack_env
+from services.common.local import isolated_stack_env
 from services.common.records import ModelKind, ModelRecord
 from services.common.rpc import GrpcServer, start_server
 from services.registry.defaults import (
@@ -317,12 +317,8 @@ class RunningStack:
 def stack(tmp_path_factory, chat_model, embedding_model) -> RunningStack:
     """The stack as `make run` starts it, on free ports and a fresh database."""
     data = tmp_path_factory.mktemp("stack")
-    metrics_port = free_port()
     env = {
         **isolated_stack_env(data, "test-admin-token"),
-        "GENERATION_METRICS_PORT": str(metrics_port),
-        # The console's engine metrics (tests/test_admin_models.py).
-        "EDGE_GENERATION_METRICS_URLS": f"http://127.0.0.1:{metrics_port}/metrics",
         # Revocation tests wait this long for the edge's key cache.
         "EDGE_KEY_CACHE_TTL_S": "1",
         "EDGE_CATALOG_TTL_S": "1",

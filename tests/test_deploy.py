@@ -21,9 +21,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, free_port
+from conftest import REPO
 from packaging.requirements import Requirement
 
+from services.common.local import free_port
 from services.launcher import envoy
 
 BIN = Path(sys.executable).parent

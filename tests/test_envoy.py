@@ -27,13 +27,14 @@ import grpc
 import openai
 import pytest
 import requests
-from conftest import REPO, free_port, launched_stack
+from conftest import REPO, launched_stack
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from llmserve.common.v1 import common_pb2
 from llmserve.generation.v1 import generation_pb2, generation_pb2_grpc
 from llmserve.registry.v1 import registry_pb2, registry_pb2_grpc
+from services.common.local import free_port
 from services.launcher.envoy import cluster_hosts
 from services.registry.defaults import DEFAULT_CHAT_MODEL, DEFAULT_EMBEDDING_MODEL
 

@@ -178,6 +178,18 @@ def services_for(topology: Topology, edge_admin_token: str) -> list[list[Service
         host, port = address.rsplit(":", 1)
         return {f"{prefix}_HOST": host, f"{prefix}_PORT": port}
 
+    # Every generation replica serves Prometheus metrics, which the edge reads for the
+    # console's engine figures (a port set for one replica is kept).
+    metrics_ports = [
+        generation.metrics_port
+        if generation.metrics_port and len(topology.generation) == 1
+        else free_port()
+        for _ in topology.generation
+    ]
+    metrics_urls = EdgeSettings().generation_metrics_urls or ",".join(
+        f"http://{address.rsplit(':', 1)[0]}:{port}/metrics"
+        for address, port in zip(topology.generation, metrics_ports, strict=True)
+    )
     generations = [
         Service(
             f"generation-{i}" if replicas else "generation",
@@ -186,11 +198,14 @@ def services_for(topology: Topology, edge_admin_token: str) -> list[list[Service
                 **listen("GENERATION", address),
                 "GENERATION_REGISTRY_ADDR": registry,
                 "GENERATION_PRELOAD_MODELS": generation.preload_models or DEFAULT_CHAT_MODEL,
+                "GENERATION_METRICS_PORT": str(metrics_port),
             },
             grpc_ready(address),
             address=address,
         )
-        for i, address in enumerate(topology.generation, start=1)
+        for i, (address, metrics_port) in enumerate(
+            zip(topology.generation, metrics_ports, strict=True), start=1
+        )
     ]
     embedding_service = Service(
         "embedding",
@@ -224,6 +239,7 @@ def services_for(topology: Topology, edge_admin_token: str) -> list[list[Service
                 "EDGE_EMBEDDING_ADDR": topology.embedding_front,
                 "EDGE_RETRIEVAL_ADDR": topology.retrieval_front,
                 "EDGE_ADMIN_TOKEN": edge_admin_token,
+                "EDGE_GENERATION_METRICS_URLS": metrics_urls,
             },
             http_ready(f"http://{address}/health"),
             address=address,
