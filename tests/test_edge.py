@@ -8,10 +8,10 @@ import httpx
 
 from edge.app import build_app
 from edge.settings import EdgeSettings
+from services.common.local import free_port
 from services.common.records import UsageRecord, UsageStatus
 from services.common.registry_client import RegistryClient
 from services.registry.defaults import DEFAULT_CHAT_MODEL
-from tests.conftest import free_port
 
 
 async def test_generation_down_is_503_with_envelope(registry_server):

@@ -16,9 +16,10 @@ from tokenizers import Tokenizer
 from llmserve.retrieval.v1 import retrieval_pb2, retrieval_pb2_grpc
 from services.common.domain import TokenSpans
 from services.common.errors import InvalidArgument
+from services.common.local import free_port
 from services.retrieval.chunking import chunk_text
 from services.retrieval.extract import extract_text, media_type_of
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO
 from tests.documents import CITY_FILES, HISTORY_MD, TRANSPORT_LINES, make_pdf
 
 
