@@ -1,14 +1,25 @@
-"""Usage records leave the request path at once and reach the registry in batches.
+"""Usage records go to the edge's on-disk outbox before the response completes, and reach the
+registry from there in batches.
 
-A batch stays buffered until the registry acknowledges it (after its commit), so a registry
-crash or restart loses nothing; shutdown flushes what is left.
+`record` returns once the record is committed to the outbox (edge.outbox), and request
+tracking awaits it before the last byte of a response is sent, so a kill -9 of the edge loses
+no record of a finished request. A background task ships the oldest records and deletes them
+only after the registry acknowledged them (after its commit); a restarted edge ships what its
+predecessor left. A crash between the acknowledgement and the delete resends a batch, which
+the registry ignores: usage is idempotent by request id there.
+
+The outbox's disk I/O runs on one thread of its own, never on the event loop: a slow disk then
+delays the requests being settled, not every stream this edge serves.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
+from edge.outbox import UsageOutbox
 from services.common.errors import ServiceError
 from services.common.records import UsageRecord
 from services.common.registry_client import RegistryClient
@@ -19,36 +30,53 @@ MAX_BACKOFF_S = 5.0
 
 
 class UsageRecorder:
-    def __init__(self, registry: RegistryClient, flush_interval_s: float, batch_size: int):
+    def __init__(
+        self, registry: RegistryClient, outbox_path: Path, flush_interval_s: float, batch_size: int
+    ):
         self._registry = registry
         self._flush_interval_s = flush_interval_s
         self._batch_size = batch_size
-        self._pending: list[UsageRecord] = []
+        self._outbox = UsageOutbox(outbox_path)
+        self._disk = ThreadPoolExecutor(1, thread_name_prefix="usage-outbox")
+        # Records in the outbox, those a previous run left included.
+        self._pending = self._outbox.count()
         self._wakeup = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task | None = None
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        return self._pending
 
     def start(self) -> None:
+        if self._pending:
+            logger.info("shipping %d usage records left in the outbox", self._pending)
+            self._wakeup.set()
         self._task = asyncio.create_task(self._run())
 
-    def record(self, record: UsageRecord) -> None:
-        self._pending.append(record)
-        if len(self._pending) >= self._batch_size:
+    async def record(self, record: UsageRecord) -> None:
+        """Returns once `record` is on disk."""
+        # Shielded: a cancelled request still leaves its record.
+        await asyncio.shield(self._on_disk(self._outbox.add, record))
+        self._pending += 1
+        if self._pending >= self._batch_size:
             self._wakeup.set()
 
     async def close(self, timeout_s: float = 10.0) -> None:
-        """Stops the background task and flushes what is buffered, retrying for `timeout_s`."""
+        """Stops the background task after it shipped what it could within `timeout_s`; the
+        rest stays in the outbox for the next start."""
         self._closing = True
         self._wakeup.set()
         if self._task:
             try:
                 await asyncio.wait_for(self._task, timeout_s)
             except TimeoutError:
-                logger.error("could not deliver %d usage records before shutdown", self.pending)
+                logger.warning("%d usage records stay in the outbox until restart", self.pending)
+        await self._on_disk(self._outbox.close)
+        self._disk.shutdown()
+
+    def _on_disk(self, function, *args) -> asyncio.Future:
+        return asyncio.get_running_loop().run_in_executor(self._disk, function, *args)
 
     async def _run(self) -> None:
         backoff = self._flush_interval_s
@@ -60,7 +88,7 @@ class UsageRecorder:
             self._wakeup.clear()
             try:
                 while self._pending:
-                    await self._flush_one_batch()
+                    await self._ship_one_batch()
                 backoff = self._flush_interval_s
             except ServiceError as error:
                 backoff = min(MAX_BACKOFF_S, backoff * 2)
@@ -73,8 +101,12 @@ class UsageRecorder:
             if self._closing and not self._pending:
                 return
 
-    async def _flush_one_batch(self) -> None:
-        batch = self._pending[: self._batch_size]
+    async def _ship_one_batch(self) -> None:
+        last, batch = await self._on_disk(self._outbox.oldest, self._batch_size)
+        if not batch:
+            self._pending = 0
+            return
         await self._registry.record_usage(batch)
-        # Only acknowledged records leave the buffer; new ones may have been appended meanwhile.
-        del self._pending[: len(batch)]
+        # Only acknowledged records leave the outbox; newer ones have higher sequence numbers.
+        await self._on_disk(self._outbox.delete_through, last)
+        self._pending -= len(batch)
