@@ -12,6 +12,7 @@ from llmserve.registry.v1 import registry_pb2, registry_pb2_grpc
 from services.common.errors import ServiceError
 from services.common.logs import setup_logging
 from services.common.rpc import serve_until_signalled
+from services.common.tracing import TracingSettings, setup_tracing
 from services.registry.cli import build_parser, progress_bar, run
 from services.registry.defaults import ensure_defaults
 from services.registry.importer import ModelImporter
@@ -36,6 +37,7 @@ def main() -> None:
     args = build_parser().parse_args()
     settings = RegistrySettings()
     setup_logging(settings.log_level, "registry")
+    setup_tracing(TracingSettings(), "registry")
     store = RegistryStore(settings.db_path)
     importer = ModelImporter(settings.cache_dir)
     try:
