@@ -84,30 +84,36 @@ for i = 0, subjects - 1 do
     return {i, 3, oldest(tokens)}
   end
 end
+-- Only what a limit counts is recorded.
 for i = 0, subjects - 1 do
-  redis.call('ZADD', KEYS[i*4+1], now, id)
-  redis.call('PEXPIRE', KEYS[i*4+1], window)
-  redis.call('ZADD', KEYS[i*4+4], now + ttl, id)
-  redis.call('PEXPIRE', KEYS[i*4+4], ttl)
+  if tonumber(ARGV[4+i*3]) > 0 then
+    redis.call('ZADD', KEYS[i*4+1], now, id)
+    redis.call('PEXPIRE', KEYS[i*4+1], window)
+  end
+  if tonumber(ARGV[6+i*3]) > 0 then
+    redis.call('ZADD', KEYS[i*4+4], now + ttl, id)
+    redis.call('PEXPIRE', KEYS[i*4+4], ttl)
+  end
 end
 return {}
 """
 )
 
-# KEYS: per subject tokens, token total, permits. ARGV: window ms, permit id, tokens.
+# KEYS: tokens and token total of each subject with a tpm limit, then the permit set of each
+# with a concurrency limit. ARGV: window ms, permit id, tokens, subjects with a tpm limit.
 _FINISH = (
     _NOW
     + """
-local window, id, amount = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
-for i = 0, #KEYS / 3 - 1 do
-  redis.call('ZREM', KEYS[i*3+3], id)
-  if amount > 0 then
-    redis.call('ZADD', KEYS[i*3+1], now, id .. ':' .. amount)
-    redis.call('INCRBY', KEYS[i*3+2], amount)
-    redis.call('PEXPIRE', KEYS[i*3+1], window)
-    redis.call('PEXPIRE', KEYS[i*3+2], window)
+local window, id, amount, counted = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+if amount > 0 then
+  for i = 0, counted - 1 do
+    redis.call('ZADD', KEYS[i*2+1], now, id .. ':' .. amount)
+    redis.call('INCRBY', KEYS[i*2+2], amount)
+    redis.call('PEXPIRE', KEYS[i*2+1], window)
+    redis.call('PEXPIRE', KEYS[i*2+2], window)
   end
 end
+for i = counted * 2 + 1, #KEYS do redis.call('ZREM', KEYS[i], id) end
 """
 )
 
@@ -131,17 +137,29 @@ def _keys(serving_id: int, subject: Subject) -> list[str]:
 
 
 class RedisPermit:
-    def __init__(self, limiter: RedisLimiter, permit_id: str, keys: list[list[str]]):
+    def __init__(self, limiter: RedisLimiter, permit_id: str, token_keys, permit_keys):
         self._limiter = limiter
         self.id = permit_id
-        # Per subject: requests, tokens, token total, permits.
-        self.keys = keys
+        # Tokens and token total of each subject with a tpm limit.
+        self.token_keys: list[str] = token_keys
+        # The permit set of each subject with a concurrency limit.
+        self.permit_keys: list[str] = permit_keys
         self._open = True
 
     async def finish(self, tokens: int) -> None:
         if self._open:
             self._open = False
             await self._limiter.finish(self, tokens)
+
+
+class _Unlimited:
+    """The permit of a request no limit applies to: nothing to count."""
+
+    async def finish(self, tokens: int) -> None:
+        pass
+
+
+UNLIMITED = _Unlimited()
 
 
 class RedisLimiter:
@@ -169,15 +187,32 @@ class RedisLimiter:
         await self._redis.aclose()
 
     async def acquire(self, limits: Limits, serving_id: int, key_id: str | None) -> Permit:
-        subjects = subjects_of(limits, serving_id, key_id)
+        subjects = [
+            s
+            for s in subjects_of(limits, serving_id, key_id)
+            if s.requests_per_minute or s.tokens_per_minute or s.max_concurrent
+        ]
+        if not subjects:
+            return UNLIMITED
         if time.monotonic() < self._down_until:
             return await self._fallback.acquire(limits, serving_id, key_id)
-        permit = RedisPermit(self, uuid.uuid4().hex, [_keys(serving_id, s) for s in subjects])
+        keys = [_keys(serving_id, s) for s in subjects]
+        permit = RedisPermit(
+            self,
+            uuid.uuid4().hex,
+            [
+                k
+                for s, ks in zip(subjects, keys, strict=True)
+                if s.tokens_per_minute
+                for k in ks[1:3]
+            ],
+            [ks[3] for s, ks in zip(subjects, keys, strict=True) if s.max_concurrent],
+        )
         args: list[int | str] = [int(WINDOW_S * 1000), self._permit_ttl_ms, permit.id]
         for subject in subjects:
             args += [subject.requests_per_minute, subject.tokens_per_minute, subject.max_concurrent]
         try:
-            refused = await self._acquire(keys=[k for ks in permit.keys for k in ks], args=args)
+            refused = await self._acquire(keys=[k for ks in keys for k in ks], args=args)
         except RedisError as error:
             self._went_down(error)
             return await self._fallback.acquire(limits, serving_id, key_id)
@@ -190,16 +225,21 @@ class RedisLimiter:
             if kind == 2:
                 raise too_many_requests(subject, retry_after_s)
             raise too_many_tokens(subject, retry_after_s)
-        self._held[permit.id] = permit
+        if permit.permit_keys:
+            self._held[permit.id] = permit
         return permit
 
     async def finish(self, permit: RedisPermit, tokens: int) -> None:
         self._held.pop(permit.id, None)
-        keys = [k for _requests, *rest in permit.keys for k in rest]
+        if not (permit.permit_keys or (permit.token_keys and tokens)):
+            return
+        if time.monotonic() < self._down_until:
+            return  # its permit entries expire on their own; these tokens go uncounted
+        keys = permit.token_keys + permit.permit_keys
+        args = [int(WINDOW_S * 1000), permit.id, tokens, len(permit.token_keys) // 2]
         try:
-            await self._finish(keys=keys, args=[int(WINDOW_S * 1000), permit.id, tokens])
+            await self._finish(keys=keys, args=args)
         except RedisError as error:
-            # Its permit entries expire on their own; these tokens go uncounted.
             self._went_down(error)
 
     def _went_down(self, error: RedisError) -> None:
@@ -220,9 +260,8 @@ class RedisLimiter:
                 continue
             keys, ids = [], []
             for permit in held:
-                for subject_keys in permit.keys:
-                    keys.append(subject_keys[3])
-                    ids.append(permit.id)
+                keys += permit.permit_keys
+                ids += [permit.id] * len(permit.permit_keys)
             try:
                 await self._refresh(keys=keys, args=[self._permit_ttl_ms, *ids])
             except RedisError as error:

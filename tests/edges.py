@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -88,15 +89,41 @@ async def eventually(condition, what: str, timeout_s: float = 30.0) -> None:
         await asyncio.sleep(0.05)
 
 
-async def serving_with_key(edge: EdgeProcess, **limits: int) -> tuple[str, dict[str, str]]:
-    """Creates a serving with `limits` through the edge's admin API; returns the path of its
-    chat completions route and the headers of a key for it."""
-    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-    async with httpx.AsyncClient(base_url=f"{edge.url}/admin/v1", headers=admin) as client:
+@dataclass(frozen=True)
+class Serving:
+    id: int
+    # Its chat completions route.
+    path: str
+    # Authorization of a key for it.
+    headers: dict[str, str]
+
+
+def _admin(edge: EdgeProcess) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        base_url=f"{edge.url}/admin/v1", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    )
+
+
+async def serving_with_key(edge: EdgeProcess, **limits: int) -> Serving:
+    """Creates a serving of the default chat model with `limits`, and a key for it, through
+    the edge's admin API."""
+    async with _admin(edge) as admin:
         body = {"model": DEFAULT_CHAT_MODEL, "limits": limits}
-        serving = await client.post("/servings", json=body, timeout=10)
+        serving = await admin.post("/servings", json=body, timeout=10)
         assert serving.status_code == 201, serving.text
-        key = await client.post(f"/servings/{serving.json()['id']}/keys", json={}, timeout=10)
+        serving_id = serving.json()["id"]
+        key = await admin.post(f"/servings/{serving_id}/keys", json={}, timeout=10)
         assert key.status_code == 201, key.text
-    route = f"/api/gateway/rep/serving/{serving.json()['id']}/v1/chat/completions"
-    return route, {"Authorization": f"Bearer {key.json()['secret']}"}
+    return Serving(
+        serving_id,
+        f"/api/gateway/rep/serving/{serving_id}/v1/chat/completions",
+        {"Authorization": f"Bearer {key.json()['secret']}"},
+    )
+
+
+async def delete_serving(edge: EdgeProcess, serving: Serving) -> None:
+    """Limited servings must not outlive their tests: without a key, a chat is accounted to
+    the model's first serving, whose limits then apply to tests that follow."""
+    async with _admin(edge) as admin:
+        response = await admin.delete(f"/servings/{serving.id}", timeout=10)
+        assert response.status_code == 200, response.text

@@ -15,7 +15,7 @@ import redis
 
 from services.common.local import free_port
 from services.registry.defaults import DEFAULT_CHAT_MODEL
-from tests.edges import EdgeProcess, eventually, serving_with_key
+from tests.edges import EdgeProcess, Serving, delete_serving, eventually, serving_with_key
 
 pytestmark = pytest.mark.skipif(
     shutil.which("redis-server") is None, reason="redis-server is not installed (make setup)"
@@ -97,18 +97,32 @@ async def edges(tmp_path_factory, redis_server, registry_server, generation_serv
         await edge.stop()
 
 
-async def post(edge: EdgeProcess, path: str, headers: dict, body: dict) -> httpx.Response:
-    async with httpx.AsyncClient(base_url=edge.url, headers=headers) as client:
-        return await client.post(path, json=body, timeout=60)
+@pytest.fixture
+async def limited(edges):
+    """Makes servings with limits (and keys), deleted after the test."""
+    made: list[Serving] = []
+
+    async def serving(**limits: int) -> Serving:
+        made.append(await serving_with_key(edges[0], **limits))
+        return made[-1]
+
+    yield serving
+    for serving in made:
+        await delete_serving(edges[0], serving)
 
 
-async def test_twice_the_rpm_across_two_edges_admits_exactly_the_limit(edges):
+async def post(edge: EdgeProcess, serving: Serving, body: dict) -> httpx.Response:
+    async with httpx.AsyncClient(base_url=edge.url, headers=serving.headers) as client:
+        return await client.post(serving.path, json=body, timeout=60)
+
+
+async def test_twice_the_rpm_across_two_edges_admits_exactly_the_limit(edges, limited):
     first, second, _ = edges
-    path, headers = await serving_with_key(first, requests_per_minute=6)
+    serving = await limited(requests_per_minute=6)
     # 12 requests at once, half to each edge: the Lua script admits atomically, so the
     # tolerance is zero (without Redis each edge would admit 6, 12 in all).
     responses = await asyncio.gather(
-        *(post(edge, path, headers, ONE_TOKEN) for edge in [first, second] * 6)
+        *(post(edge, serving, ONE_TOKEN) for edge in [first, second] * 6)
     )
     statuses = sorted(r.status_code for r in responses)
     assert statuses == [200] * 6 + [429] * 6
@@ -117,20 +131,34 @@ async def test_twice_the_rpm_across_two_edges_admits_exactly_the_limit(edges):
     assert 1 <= int(refused.headers["Retry-After"]) <= 60
 
 
-async def test_a_killed_edge_frees_its_concurrency_permit_after_the_ttl(edges, redis_server):
+async def test_tokens_spent_through_one_edge_count_at_the_other(edges, limited):
+    first, second, _ = edges
+    serving = await limited(tokens_per_minute=10)
+    # The prompt alone is over 10 tokens: the first request spends the minute's budget.
+    assert (await post(first, serving, ONE_TOKEN)).status_code == 200
+    refused = await post(second, serving, ONE_TOKEN)
+    assert refused.status_code == 429
+    assert "10 tokens per minute" in refused.json()["error"]["message"]
+
+
+async def test_a_killed_edge_frees_its_concurrency_permit_after_the_ttl(
+    edges, limited, redis_server
+):
     first, _, start_edge = edges
     doomed = await start_edge("doomed")
-    path, headers = await serving_with_key(first, max_concurrent_requests=1)
+    serving = await limited(max_concurrent_requests=1)
     long_stream = {**ONE_TOKEN, "max_tokens": 2000, "ignore_eos": True, "stream": True}
-    async with httpx.AsyncClient(base_url=doomed.url, headers=headers) as client:
-        async with client.stream("POST", path, json=long_stream, timeout=60) as held:
+    async with httpx.AsyncClient(base_url=doomed.url, headers=serving.headers) as client:
+        async with client.stream("POST", serving.path, json=long_stream, timeout=60) as held:
             assert held.status_code == 200
             lines = held.aiter_lines()
             await anext(lines)
             # The other edge sees the permit the doomed one holds.
-            other = await post(first, path, headers, ONE_TOKEN)
+            other = await post(first, serving, ONE_TOKEN)
             permits = redis.Redis(port=redis_server.port)
-            held_now = {k: permits.zrange(k, 0, -1, withscores=True) for k in permits.keys()}
+            held_now = {
+                k: permits.zrange(k, 0, -1, withscores=True) for k in permits.keys("*:permits")
+            }
             assert other.status_code == 429, f"{await anext(lines)} {held_now} {permits.time()}"
             # The holder keeps pushing its permit's expiry back while the stream runs.
             key = permits.keys("llmserve:limits:*:permits")[0]
@@ -144,21 +172,21 @@ async def test_a_killed_edge_frees_its_concurrency_permit_after_the_ttl(edges, r
 
     # Nothing released it: its entry expires one TTL after the last refresh.
     async def admitted() -> bool:
-        return (await post(first, path, headers, ONE_TOKEN)).status_code == 200
+        return (await post(first, serving, ONE_TOKEN)).status_code == 200
 
     await eventually(admitted, "the dead edge's permit expired")
 
 
-async def test_redis_down_fails_open_to_limits_counted_in_each_edge(edges, redis_server):
+async def test_redis_down_fails_open_to_limits_counted_in_each_edge(edges, limited, redis_server):
     first, _, _ = edges
-    path, headers = await serving_with_key(first, requests_per_minute=1)
+    serving = await limited(requests_per_minute=1)
     redis_server.stop()
     try:
         # Admitted, counted in this edge: its own count then refuses the second request.
-        assert (await post(first, path, headers, ONE_TOKEN)).status_code == 200
-        assert (await post(first, path, headers, ONE_TOKEN)).status_code == 429
+        assert (await post(first, serving, ONE_TOKEN)).status_code == 200
+        assert (await post(first, serving, ONE_TOKEN)).status_code == 429
         assert "Redis unreachable" in first.log()
     finally:
         redis_server.start()
     # Back on Redis (a fresh, empty one): the shared count admits it again.
-    assert (await post(first, path, headers, ONE_TOKEN)).status_code == 200
+    assert (await post(first, serving, ONE_TOKEN)).status_code == 200

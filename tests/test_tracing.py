@@ -76,6 +76,7 @@ async def test_a_grounded_chat_is_one_trace_from_the_edge_through_every_service(
         "POST /v1/chat/completions",
         "RetrievalServicer/Retrieve",
         "EmbeddingServicer/Embed",
+        "retrieval.search",
         "GenerationServicer/Generate",
         "generation.queue",
         "generation.prefill",
@@ -106,6 +107,7 @@ async def test_a_grounded_chat_is_one_trace_from_the_edge_through_every_service(
     assert parent_of("RetrievalServicer/Retrieve") == root.name
     # The retrieval service embeds the query: its call carries the trace on.
     assert parent_of("EmbeddingServicer/Embed") == "RetrievalServicer/Retrieve"
+    assert parent_of("retrieval.search") == "RetrievalServicer/Retrieve"
     assert parent_of("GenerationServicer/Generate") == root.name
     for phase in ("generation.queue", "generation.prefill", "generation.decode"):
         assert parent_of(phase) == "GenerationServicer/Generate"

@@ -13,7 +13,7 @@ from edge.outbox import OutboxInUse, UsageOutbox
 from services.common.records import UsageQuery
 from services.common.registry_client import RegistryClient
 from services.registry.defaults import DEFAULT_CHAT_MODEL
-from tests.edges import EdgeProcess, eventually
+from tests.edges import EdgeProcess, eventually, serving_with_key
 
 ONE_TOKEN = {
     "model": DEFAULT_CHAT_MODEL,
@@ -28,7 +28,6 @@ async def test_kill_9_under_load_loses_no_finished_request_and_a_restart_ships_t
     settings = {
         "registry_addr": registry_server,
         "generation_addr": generation_server[0],
-        "auth_enabled": "false",
         "usage_outbox_path": str(tmp_path / "outbox.db"),
     }
     # Shipping held back (an hour's interval, a batch never filled): at the kill, every
@@ -37,14 +36,16 @@ async def test_kill_9_under_load_loses_no_finished_request_and_a_restart_ships_t
         tmp_path / "edge.log", usage_flush_interval_s="3600", usage_batch_size="1000000", **settings
     )
     await edge.start()
+    serving = await serving_with_key(edge)
     user = f"outbox-{uuid.uuid4().hex[:8]}"
+    headers = {**serving.headers, "x-genos-user-id": user}
     finished: list[str] = []
 
     async def client() -> None:
-        async with httpx.AsyncClient(base_url=edge.url, headers={"x-genos-user-id": user}) as http:
+        async with httpx.AsyncClient(base_url=edge.url, headers=headers) as http:
             while True:
                 try:
-                    response = await http.post("/v1/chat/completions", json=ONE_TOKEN, timeout=60)
+                    response = await http.post(serving.path, json=ONE_TOKEN, timeout=60)
                 except httpx.TransportError:
                     return  # the edge died under this request
                 assert response.status_code == 200, response.text

@@ -89,6 +89,16 @@ def server_span(name: str, metadata: Iterable[tuple[str, str]]) -> Iterator[Span
         yield span
 
 
+@contextlib.contextmanager
+def span(name: str) -> Iterator[None]:
+    """A span of one part of the current work, under the current span (nothing while off)."""
+    if _tracer is None:
+        yield
+        return
+    with _tracer.start_as_current_span(name):
+        yield
+
+
 class Phases:
     """Consecutive phases of one piece of work (queue wait, prefill, decode) as sibling spans
     under the span current when it was made; may be driven from another thread."""
