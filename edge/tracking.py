@@ -83,25 +83,27 @@ class RequestTracker:
         if self._settled:
             return
         self._settled = True
-        await self._permit.finish(self.prompt_tokens + self.completion_tokens)
         ttft = self._first_token_at - self._started if self._first_token_at else 0.0
-        await self._recorder.record(
-            UsageRecord(
-                request_id=self._request_id,
-                created_at_unix_ms=self._created_at_unix_ms,
-                serving_id=self._serving_id,
-                model=self.model,
-                api_key_id=self._key_id,
-                user_id=self._user_id,
-                prompt_tokens=self.prompt_tokens,
-                completion_tokens=self.completion_tokens,
-                latency_ms=int((time.monotonic() - self._started) * 1000),
-                ttft_ms=int(ttft * 1000),
-                status=status_of(error),
-                blocked=self.blocked,
-                endpoint=self._endpoint,
-            )
+        record = UsageRecord(
+            request_id=self._request_id,
+            created_at_unix_ms=self._created_at_unix_ms,
+            serving_id=self._serving_id,
+            model=self.model,
+            api_key_id=self._key_id,
+            user_id=self._user_id,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            latency_ms=int((time.monotonic() - self._started) * 1000),
+            ttft_ms=int(ttft * 1000),
+            status=status_of(error),
+            blocked=self.blocked,
+            endpoint=self._endpoint,
         )
+        # The record first (what must not be lost); the permit is freed whatever happens.
+        try:
+            await self._recorder.record(record)
+        finally:
+            await self._permit.finish(self.prompt_tokens + self.completion_tokens)
 
     @asynccontextmanager
     async def settling(self) -> AsyncIterator[RequestTracker]:
