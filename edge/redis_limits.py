@@ -5,7 +5,8 @@ The same sliding-window log as edge.limits, in Redis sorted sets scored by Redis
 tokens (plus their running total) and held concurrency permits. Chosen over GCRA because it
 keeps the per-process semantics exactly (a full minute's budget may be spent at once, never
 more in any 60 s) and counts tokens that are known only when a request ends; its memory is one
-entry per event of the last minute. One Lua script checks every subject of a request and
+entry per counted event of the last minute (only the limits a subject has are counted, and a
+request no limit applies to costs no Redis call). One Lua script checks every subject of a request and
 records it only when all admit it, atomically, so N edges cannot overshoot together. A
 serving's and its keys' entries share a hash tag, so the script also runs on Redis Cluster.
 
@@ -21,6 +22,7 @@ traffic because their counter is unreachable would turn a Redis outage into a pl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -184,6 +186,8 @@ class RedisLimiter:
     async def close(self) -> None:
         if self._refresher:
             self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
         await self._redis.aclose()
 
     async def acquire(self, limits: Limits, serving_id: int, key_id: str | None) -> Permit:
