@@ -103,33 +103,79 @@ async def requests_per_s(settings: EdgeSettings, requests: int, concurrency: int
             return (requests // concurrency * concurrency) / (time.perf_counter() - started)
 
 
-def hooks_off_us() -> dict[str, float]:
-    """Microseconds per request of the hooks while tracing is off, against the same calls
-    without them."""
+def hooks_us() -> dict[str, float]:
+    """Microseconds per call of the hooks, tracing off (against the same call without them)
+    and on (spans batched to an exporter that discards them)."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
     from services.common.client import call_metadata
     from services.common.logs import REQUEST_ID_METADATA_KEY, request_id_var
 
-    def us(statement) -> float:
-        return min(timeit.repeat(statement, number=100_000, repeat=5)) / 100_000 * 1e6
+    class Discard(SpanExporter):
+        def export(self, spans):
+            return SpanExportResult.SUCCESS
 
-    def span_off():
+    def us(statement, number: int = 100_000) -> float:
+        return min(timeit.repeat(statement, number=number, repeat=5)) / number * 1e6
+
+    def span():
         with tracing.server_span("Service/Method", ()):
             pass
 
-    def phases_off():
+    def engine_phases():
         phases = tracing.phases("generation.queue")
         phases.next("generation.prefill")
         phases.next("generation.decode")
         phases.end()
 
-    return {
-        "call_metadata_us": us(call_metadata),
+    figures = {
         "call_metadata_without_trace_us": us(
             lambda: ((REQUEST_ID_METADATA_KEY, request_id_var.get()),)
         ),
-        "server_span_off_us": us(span_off),
-        "engine_phases_off_us_per_request": us(phases_off),
+        "call_metadata_off_us": us(call_metadata),
+        "server_span_off_us": us(span),
+        "engine_phases_off_us_per_request": us(engine_phases),
     }
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(Discard()))
+    tracing.enable(provider)
+    try:
+        figures |= {
+            "call_metadata_on_us": us(call_metadata, 10_000),
+            "server_span_on_us": us(span, 10_000),
+            "engine_phases_on_us_per_request": us(engine_phases, 10_000),
+        }
+    finally:
+        tracing.disable()
+        provider.shutdown()
+    return figures
+
+
+class AcknowledgingRegistry:
+    async def record_usage(self, records) -> None:
+        pass
+
+
+async def outbox_record_us(data: Path, concurrency: int, records: int = 2000) -> float:
+    """Microseconds per `UsageRecorder.record` (committed to the outbox on its thread) with
+    `concurrency` requests settling at once: what settling adds since the outbox."""
+    from edge.usage import UsageRecorder
+    from services.common.records import UsageRecord, UsageStatus
+
+    recorder = UsageRecorder(AcknowledgingRegistry(), data / "outbox-bench.db", 0.2, 256)
+    recorder.start()
+    record = UsageRecord("req", 0, 0, MODEL, "", "", 5, 1, 1, 1, UsageStatus.OK, False, "/v1")
+
+    async def settle(count: int) -> None:
+        for _ in range(count):
+            await recorder.record(record)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(settle(records // concurrency) for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    await recorder.close()
+    return elapsed / (records // concurrency * concurrency) * 1e6
 
 
 async def main() -> None:
@@ -174,7 +220,11 @@ async def main() -> None:
     }
     result["rounds"] = {name: [round(r, 1) for r in rates] for name, rates in figures.items()}
     if tracing:
-        result |= {name: round(value, 3) for name, value in hooks_off_us().items()}
+        result |= {name: round(value, 3) for name, value in hooks_us().items()}
+        for concurrency in (1, args.concurrency):
+            with tempfile.TemporaryDirectory() as tmp:
+                us = await outbox_record_us(Path(tmp), concurrency)
+                result[f"outbox_record_us_{concurrency}_at_once"] = round(us, 1)
     print(json.dumps(result, indent=2))
 
 

@@ -2,7 +2,7 @@
 the registry has acknowledged them.
 
 Commits use synchronous=NORMAL: a committed record is in the WAL file (the OS page cache) when
-`add` returns, so it survives a kill -9 of the edge, though not a power cut (that would cost an
+`add_all` returns, so it survives a kill -9 of the edge, though not a power cut (that would cost an
 fsync per request). The connection takes an exclusive lock for the life of the process, so a
 second edge pointed at the same file fails at start instead of shipping or deleting the first
 one's records. Every method blocks on the disk: UsageRecorder calls them from its own thread.
@@ -45,10 +45,16 @@ class UsageOutbox:
                 "its own EDGE_USAGE_OUTBOX_PATH"
             ) from error
 
-    def add(self, record: UsageRecord) -> None:
-        self._db.execute(
-            "INSERT INTO outbox (record) VALUES (?)", (record.to_pb().SerializeToString(),)
-        )
+    def add_all(self, records: list[UsageRecord]) -> None:
+        """Commits `records` in one transaction."""
+        rows = [(record.to_pb().SerializeToString(),) for record in records]
+        self._db.execute("BEGIN")
+        try:
+            self._db.executemany("INSERT INTO outbox (record) VALUES (?)", rows)
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def oldest(self, limit: int) -> tuple[int, list[UsageRecord]]:
         """Up to `limit` records, oldest first, and the sequence number of the last one."""

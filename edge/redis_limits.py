@@ -6,9 +6,9 @@ tokens (plus their running total) and held concurrency permits. Chosen over GCRA
 keeps the per-process semantics exactly (a full minute's budget may be spent at once, never
 more in any 60 s) and counts tokens that are known only when a request ends; its memory is one
 entry per counted event of the last minute (only the limits a subject has are counted, and a
-request no limit applies to costs no Redis call). One Lua script checks every subject of a request and
-records it only when all admit it, atomically, so N edges cannot overshoot together. A
-serving's and its keys' entries share a hash tag, so the script also runs on Redis Cluster.
+request no limit applies to costs no Redis call). One Lua script checks every subject of a
+request and records it only when all admit it, atomically, so N edges cannot overshoot
+together. A serving's and its keys' entries share a hash tag, so it also runs on Redis Cluster.
 
 A permit is an entry with an expiry, pushed back every third of EDGE_REDIS_PERMIT_TTL_S while
 its request runs: an edge that dies holding permits frees them within that TTL.

@@ -9,7 +9,9 @@ predecessor left. A crash between the acknowledgement and the delete resends a b
 the registry ignores: usage is idempotent by request id there.
 
 The outbox's disk I/O runs on one thread of its own, never on the event loop: a slow disk then
-delays the requests being settled, not every stream this edge serves.
+delays the requests being settled, not every stream this edge serves. Records that arrive
+while a write is under way are committed together in the next one (group commit), so under
+load a request costs a share of one commit and one thread hand-off, not one of each.
 """
 
 from __future__ import annotations
@@ -43,6 +45,10 @@ class UsageRecorder:
         self._wakeup = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task | None = None
+        # Records waiting for the next commit, each with the future its request awaits.
+        self._unwritten: list[tuple[UsageRecord, asyncio.Future]] = []
+        self._to_write = asyncio.Event()
+        self._writer: asyncio.Task | None = None
 
     @property
     def pending(self) -> int:
@@ -53,20 +59,24 @@ class UsageRecorder:
             logger.info("shipping %d usage records left in the outbox", self._pending)
             self._wakeup.set()
         self._task = asyncio.create_task(self._run())
+        self._writer = asyncio.create_task(self._write())
 
     async def record(self, record: UsageRecord) -> None:
         """Returns once `record` is on disk."""
+        written = asyncio.get_running_loop().create_future()
+        self._unwritten.append((record, written))
+        self._to_write.set()
         # Shielded: a cancelled request still leaves its record.
-        await asyncio.shield(self._on_disk(self._outbox.add, record))
-        self._pending += 1
-        if self._pending >= self._batch_size:
-            self._wakeup.set()
+        await asyncio.shield(written)
 
     async def close(self, timeout_s: float = 10.0) -> None:
-        """Stops the background task after it shipped what it could within `timeout_s`; the
-        rest stays in the outbox for the next start."""
+        """Writes what is queued, then stops shipping after it shipped what it could within
+        `timeout_s`; the rest stays in the outbox for the next start."""
         self._closing = True
+        self._to_write.set()
         self._wakeup.set()
+        if self._writer:
+            await self._writer
         if self._task:
             try:
                 await asyncio.wait_for(self._task, timeout_s)
@@ -77,6 +87,27 @@ class UsageRecorder:
 
     def _on_disk(self, function, *args) -> asyncio.Future:
         return asyncio.get_running_loop().run_in_executor(self._disk, function, *args)
+
+    async def _write(self) -> None:
+        """Commits the queued records, all of them at once, until closing empties the queue."""
+        while self._unwritten or not self._closing:
+            if not self._unwritten:
+                await self._to_write.wait()
+                self._to_write.clear()
+                continue
+            batch, self._unwritten = self._unwritten, []
+            try:
+                await self._on_disk(self._outbox.add_all, [record for record, _ in batch])
+            except Exception as error:  # noqa: BLE001 - each waiting request fails with it
+                logger.exception("could not write %d usage records to the outbox", len(batch))
+                for _, written in batch:
+                    written.set_exception(error)
+                continue
+            for _, written in batch:
+                written.set_result(None)
+            self._pending += len(batch)
+            if self._pending >= self._batch_size:
+                self._wakeup.set()
 
     async def _run(self) -> None:
         backoff = self._flush_interval_s
