@@ -118,8 +118,8 @@ class UsageRecorder:
                 pass
             self._wakeup.clear()
             try:
-                while self._pending:
-                    await self._ship_one_batch()
+                while self._pending and await self._ship_one_batch():
+                    pass
                 backoff = self._flush_interval_s
             except ServiceError as error:
                 backoff = min(MAX_BACKOFF_S, backoff * 2)
@@ -132,12 +132,12 @@ class UsageRecorder:
             if self._closing and not self._pending:
                 return
 
-    async def _ship_one_batch(self) -> None:
+    async def _ship_one_batch(self) -> int:
+        """Ships the oldest records; returns how many (0: the outbox is empty)."""
         last, batch = await self._on_disk(self._outbox.oldest, self._batch_size)
-        if not batch:
-            self._pending = 0
-            return
-        await self._registry.record_usage(batch)
-        # Only acknowledged records leave the outbox; newer ones have higher sequence numbers.
-        await self._on_disk(self._outbox.delete_through, last)
-        self._pending -= len(batch)
+        if batch:
+            await self._registry.record_usage(batch)
+            # Only acknowledged records leave the outbox; newer ones have higher numbers.
+            await self._on_disk(self._outbox.delete_through, last)
+            self._pending -= len(batch)
+        return len(batch)
