@@ -4,9 +4,6 @@ exporter seeing every process's spans (all of them run in this one)."""
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 import grpc
 import httpx
 import pytest
@@ -20,7 +17,7 @@ from edge.settings import EdgeSettings
 from services.common import tracing
 from services.registry.defaults import DEFAULT_CHAT_MODEL
 from tests.documents import CITY_FILES
-from tests.edges import EdgeProcess
+from tests.edges import EdgeProcess, eventually
 
 COLLECTION = "traced"
 
@@ -82,10 +79,11 @@ async def test_a_grounded_chat_is_one_trace_from_the_edge_through_every_service(
         "generation.prefill",
         "generation.decode",
     }
-    deadline = time.monotonic() + 10
-    while not wanted <= {span.name for span in exported.get_finished_spans()}:
-        assert time.monotonic() < deadline, [span.name for span in exported.get_finished_spans()]
-        await asyncio.sleep(0.05)
+
+    async def all_ended() -> bool:
+        return wanted <= {span.name for span in exported.get_finished_spans()}
+
+    await eventually(all_ended, f"spans {wanted}", timeout_s=10)
 
     (root,) = [s for s in exported.get_finished_spans() if s.name == "POST /v1/chat/completions"]
     assert root.parent is None
