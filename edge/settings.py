@@ -1,7 +1,11 @@
 from __future__ import annotations
 
-from pydantic import SecretStr
+from pathlib import Path
+
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.common.settings import DEFAULT_DATA_DIR
 
 
 class EdgeSettings(BaseSettings):
@@ -44,3 +48,21 @@ class EdgeSettings(BaseSettings):
     # http://127.0.0.1:9101/metrics with GENERATION_METRICS_PORT=9101), for the console's
     # engine metrics; empty shows none.
     generation_metrics_urls: str = ""
+    # The edge's own files (its usage outbox).
+    data_dir: Path = DEFAULT_DATA_DIR / "edge"
+    # SQLite outbox of usage records not yet acknowledged by the registry; empty means
+    # data_dir/usage-outbox-<port>.db, so edges on one machine never share one by accident.
+    usage_outbox_path: Path | None = None
+    # Rate limits shared by every edge through this Redis (redis://host:port/db); empty counts
+    # them in this process.
+    redis_url: str = ""
+    # A concurrency permit of an edge that died stops counting this long after its last refresh.
+    redis_permit_ttl_s: float = Field(15.0, gt=0)
+    # A Redis call slower than this counts as Redis being down.
+    redis_timeout_s: float = Field(0.5, gt=0)
+    # After Redis failed, limits are counted in this process for this long before trying again.
+    redis_retry_s: float = Field(5.0, ge=0)
+
+    @property
+    def outbox_path(self) -> Path:
+        return self.usage_outbox_path or self.data_dir / f"usage-outbox-{self.port}.db"

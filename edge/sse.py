@@ -97,7 +97,7 @@ def stream_response(
             raise
         finally:
             await deltas.aclose()
-            tracker.settle(error)
+            await tracker.settle(error)
         yield "data: [DONE]\n\n"
 
     headers = {**SSE_HEADERS, "x-request-id": request_id}

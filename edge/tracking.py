@@ -9,15 +9,15 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from fastapi import Request
 
 from edge.auth import Caller, caller_of
 from edge.errors import status_and_envelope
 from edge.generation_client import Delta
-from edge.limits import RateLimiter
+from edge.limits import Limiter, Permit
 from edge.protocol import usage_dict
 from edge.usage import UsageRecorder
 from services.common.domain import now_ms
@@ -40,7 +40,7 @@ class RequestTracker:
     def __init__(
         self,
         recorder: UsageRecorder,
-        limiter: RateLimiter,
+        permit: Permit,
         *,
         serving: ServingRecord | None,
         caller: Caller,
@@ -49,11 +49,8 @@ class RequestTracker:
         request_id: str,
         endpoint: str,
     ):
-        """Admits the request under its serving's and key's limits (ResourceExhausted if not)."""
         key_id = caller.key.id if caller.key else ""
-        self._permit = limiter.acquire(
-            serving.limits if serving else Limits(), serving.id if serving else 0, key_id or None
-        )
+        self._permit = permit
         self._recorder = recorder
         self._serving_id = serving.id if serving else 0
         self._key_id = key_id
@@ -80,42 +77,46 @@ class RequestTracker:
     def usage(self) -> dict:
         return usage_dict(self.prompt_tokens, self.completion_tokens)
 
-    def settle(self, error: BaseException | None = None) -> None:
+    async def settle(self, error: BaseException | None = None) -> None:
+        """Frees the request's permit and returns once its usage record is on disk (so before
+        the response completes: callers settle before its last byte)."""
         if self._settled:
             return
         self._settled = True
-        self._permit.finish(self.prompt_tokens + self.completion_tokens)
         ttft = self._first_token_at - self._started if self._first_token_at else 0.0
-        self._recorder.record(
-            UsageRecord(
-                request_id=self._request_id,
-                created_at_unix_ms=self._created_at_unix_ms,
-                serving_id=self._serving_id,
-                model=self.model,
-                api_key_id=self._key_id,
-                user_id=self._user_id,
-                prompt_tokens=self.prompt_tokens,
-                completion_tokens=self.completion_tokens,
-                latency_ms=int((time.monotonic() - self._started) * 1000),
-                ttft_ms=int(ttft * 1000),
-                status=status_of(error),
-                blocked=self.blocked,
-                endpoint=self._endpoint,
-            )
+        record = UsageRecord(
+            request_id=self._request_id,
+            created_at_unix_ms=self._created_at_unix_ms,
+            serving_id=self._serving_id,
+            model=self.model,
+            api_key_id=self._key_id,
+            user_id=self._user_id,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            latency_ms=int((time.monotonic() - self._started) * 1000),
+            ttft_ms=int(ttft * 1000),
+            status=status_of(error),
+            blocked=self.blocked,
+            endpoint=self._endpoint,
         )
+        # The record first (what must not be lost); the permit is freed whatever happens.
+        try:
+            await self._recorder.record(record)
+        finally:
+            await self._permit.finish(self.prompt_tokens + self.completion_tokens)
 
-    @contextmanager
-    def settling(self) -> Iterator[RequestTracker]:
+    @asynccontextmanager
+    async def settling(self) -> AsyncIterator[RequestTracker]:
         """Settles when the block ends, with the error that ended it, if any."""
         try:
             yield self
         except BaseException as error:
-            self.settle(error)
+            await self.settle(error)
             raise
-        self.settle()
+        await self.settle()
 
 
-def track(
+async def track(
     request: Request,
     endpoint: str,
     *,
@@ -124,16 +125,24 @@ def track(
     model: str = "",
     request_id: str = "",
 ) -> RequestTracker:
-    """Starts tracking a request of the route's caller (see RequestTracker). Without a
+    """Admits a request of the route's caller under its serving's and key's limits
+    (ResourceExhausted if not) and starts tracking it (see RequestTracker). Without a
     `request_id` one is made; it becomes the request id of every log line and backend call."""
     state = request.app.state.edge
     request_id = request_id or f"req-{uuid.uuid4().hex}"
     request_id_var.set(request_id)
+    caller = caller_of(request)
+    limiter: Limiter = state.limiter
+    permit = await limiter.acquire(
+        serving.limits if serving else Limits(),
+        serving.id if serving else 0,
+        caller.key.id if caller.key else None,
+    )
     return RequestTracker(
         state.usage,
-        state.limiter,
+        permit,
         serving=serving,
-        caller=caller_of(request),
+        caller=caller,
         user_id=user_id,
         model=model,
         request_id=request_id,

@@ -14,8 +14,9 @@ from services.common.registry_client import RegistryClient
 from services.registry.defaults import DEFAULT_CHAT_MODEL
 
 
-async def test_generation_down_is_503_with_envelope(registry_server):
+async def test_generation_down_is_503_with_envelope(registry_server, tmp_path):
     settings = EdgeSettings(
+        data_dir=tmp_path,
         registry_addr=registry_server,
         generation_addr=f"127.0.0.1:{free_port()}",
         auth_enabled=False,
@@ -34,7 +35,7 @@ async def test_generation_down_is_503_with_envelope(registry_server):
     assert "unavailable" in error["message"]
 
 
-async def test_admin_usage_filters_by_route_and_totals_per_route(registry_server):
+async def test_admin_usage_filters_by_route_and_totals_per_route(registry_server, tmp_path):
     registry = RegistryClient(registry_server)
     # The session's registry is shared: a user id of this test's own keeps its records apart.
     user = f"routes-{uuid.uuid4().hex}"
@@ -62,6 +63,7 @@ async def test_admin_usage_filters_by_route_and_totals_per_route(registry_server
     )
     await registry.close()
     settings = EdgeSettings(
+        data_dir=tmp_path,
         registry_addr=registry_server,
         generation_addr=f"127.0.0.1:{free_port()}",
         admin_token="test-admin-token",

@@ -157,7 +157,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request):
     access = await resolve_access(request, body.model, ModelKind.CHAT, body.user)
     completion = _Completion(f"chatcmpl-{uuid.uuid4().hex}", access.model.name)
     request_id_var.set(completion.id)
-    tracker = track(
+    tracker = await track(
         request,
         ENDPOINT,
         serving=access.serving,
@@ -170,7 +170,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request):
         moderator = moderator_of(access, state.settings.moderation_default_terms)
         if moderator and any(moderator.find(m.content) for m in messages):
             tracker.blocked = True
-            tracker.settle()
+            await tracker.settle()
             return _blocked_before_generation(completion, body)
         messages = await state.grounding.ground(body, access, messages)
         deltas = state.generation.generate(
@@ -191,9 +191,9 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request):
             request, _collect(completion, deltas, body, guards, action, tracker)
         )
     except BaseException as error:
-        tracker.settle(error)
+        await tracker.settle(error)
         raise
-    tracker.settle()
+    await tracker.settle()
     return response
 
 

@@ -231,7 +231,7 @@ async def create_completion(body: CompletionRequest, request: Request):
     access = await resolve_access(request, body.model, ModelKind.CHAT, body.user)
     completion = _Completion(f"cmpl-{uuid.uuid4().hex}", access.model.name)
     request_id_var.set(completion.id)
-    tracker = track(
+    tracker = await track(
         request,
         ENDPOINT,
         serving=access.serving,
@@ -247,7 +247,7 @@ async def create_completion(body: CompletionRequest, request: Request):
         texts = [p for p in body.prompt if isinstance(p, str)]
         if moderator and any(moderator.find(text) for text in texts):
             tracker.blocked = True
-            tracker.settle()
+            await tracker.settle()
             return _blocked_before_generation(completion, body)
         echoes = await _echoes(state, access.model.name, body) if body.echo else None
         streams = [
@@ -270,9 +270,9 @@ async def create_completion(body: CompletionRequest, request: Request):
             request, _collect(completion, deltas, body, echoes, guards, tracker)
         )
     except BaseException as error:
-        tracker.settle(error)
+        await tracker.settle(error)
         raise
-    tracker.settle()
+    await tracker.settle()
     return response
 
 

@@ -137,8 +137,8 @@ async def create_rag(
     content = await _read(file) if file is not None else None
     caller = caller_of(request)
     serving = await state.catalog.serving_or_none(caller.serving_id)
-    tracker = track(request, CREATE_RAG, serving=serving, user_id=user_id_of(request, user))
-    with tracker.settling():
+    tracker = await track(request, CREATE_RAG, serving=serving, user_id=user_id_of(request, user))
+    async with tracker.settling():
         result = await state.retrieval.ingest(
             caller.tenant,
             vdb_collection_name,

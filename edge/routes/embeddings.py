@@ -75,14 +75,14 @@ async def create_embedding(body: EmbeddingRequest, request: Request) -> dict:
     if body.ignored_fields:
         logger.info("ignoring unsupported request fields: %s", ", ".join(body.ignored_fields))
     access = await resolve_access(request, body.model, ModelKind.EMBEDDING, body.user)
-    tracker = track(
+    tracker = await track(
         request,
         ENDPOINT,
         serving=access.serving,
         user_id=access.user_id,
         model=access.model.name,
     )
-    with tracker.settling():
+    async with tracker.settling():
         result = await state.embedding.embed(
             access.model.name,
             body.input,

@@ -31,8 +31,10 @@ async def retrieve(body: RetrieveRequest, request: Request) -> dict:
     query = last_user_message(body.to_messages())
     caller = caller_of(request)
     serving = await state.catalog.serving_or_none(caller.serving_id)
-    tracker = track(request, ENDPOINT, serving=serving, user_id=user_id_of(request, body.user))
-    with tracker.settling():
+    tracker = await track(
+        request, ENDPOINT, serving=serving, user_id=user_id_of(request, body.user)
+    )
+    async with tracker.settling():
         # Without vdb_collection_name, "" lets the retrieval service use its default collection.
         results = await retrieve_each(
             state.retrieval,

@@ -1,6 +1,6 @@
 """The one pattern of every gRPC client: built from an address, typed methods, the request id
-of the current task sent as metadata, failures raised as the platform's domain errors, and
-domain objects (never protobuf) handed back to callers."""
+and trace context of the current task sent as metadata, failures raised as the platform's
+domain errors, and domain objects (never protobuf) handed back to callers."""
 
 from __future__ import annotations
 
@@ -12,12 +12,13 @@ import grpc
 from services.common.errors import from_rpc_error
 from services.common.logs import REQUEST_ID_METADATA_KEY, request_id_var
 from services.common.rpc import insecure_channel
+from services.common.tracing import outgoing_metadata
 
 Response = TypeVar("Response")
 
 
 def call_metadata() -> tuple[tuple[str, str], ...]:
-    return ((REQUEST_ID_METADATA_KEY, request_id_var.get()),)
+    return ((REQUEST_ID_METADATA_KEY, request_id_var.get()), *outgoing_metadata())
 
 
 class ServiceClient:

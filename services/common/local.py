@@ -44,5 +44,6 @@ def isolated_stack_env(data: Path, admin_token: str) -> dict[str, str]:
         "RETRIEVAL_PORT": str(free_port()),
         "RETRIEVAL_DATA_DIR": str(data / "retrieval"),
         "EDGE_PORT": str(free_port()),
+        "EDGE_DATA_DIR": str(data / "edge"),
         "EDGE_ADMIN_TOKEN": admin_token,
     }

@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from services.common.errors import ERROR_CODE_KEY, ERROR_PARAM_KEY, ServiceError
 from services.common.logs import REQUEST_ID_METADATA_KEY, request_id_var
 from services.common.settings import ServiceSettings
+from services.common.tracing import server_span
 
 logger = logging.getLogger(__name__)
 
@@ -49,28 +50,38 @@ async def _abort(context: grpc.aio.ServicerContext, error: Exception) -> None:
     await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
 
+def _span_of(servicer, method: Callable, context: grpc.aio.ServicerContext):
+    """The call's span, joined to its caller's trace (see services.common.tracing)."""
+    return server_span(
+        f"{type(servicer).__name__}/{method.__name__}", context.invocation_metadata() or ()
+    )
+
+
 def rpc_method(method: Callable) -> Callable:
-    """Wraps a servicer method: binds the request id and maps raised errors to gRPC status."""
+    """Wraps a servicer method: binds the request id, traces the call and maps raised errors to
+    gRPC status."""
     if inspect.isasyncgenfunction(method):
 
         @functools.wraps(method)
         async def stream(self, request, context):
             _bind_request_id(context)
-            try:
-                async for response in method(self, request, context):
-                    yield response
-            except Exception as error:  # noqa: BLE001 - mapped, never swallowed
-                await _abort(context, error)
+            with _span_of(self, method, context):
+                try:
+                    async for response in method(self, request, context):
+                        yield response
+                except Exception as error:  # noqa: BLE001 - mapped, never swallowed
+                    await _abort(context, error)
 
         return stream
 
     @functools.wraps(method)
     async def unary(self, request, context):
         _bind_request_id(context)
-        try:
-            return await method(self, request, context)
-        except Exception as error:  # noqa: BLE001 - mapped, never swallowed
-            await _abort(context, error)
+        with _span_of(self, method, context):
+            try:
+                return await method(self, request, context)
+            except Exception as error:  # noqa: BLE001 - mapped, never swallowed
+                await _abort(context, error)
 
     return unary
 

@@ -12,6 +12,7 @@ from services.common.onnx_runtime import select_providers
 from services.common.registry_client import RegistryClient
 from services.common.rpc import serve_until_signalled
 from services.common.settings import split_names
+from services.common.tracing import TracingSettings, setup_tracing
 from services.embedding.embedder import BatcherConfig, Embedder
 from services.embedding.servicer import EmbeddingServicer
 from services.embedding.settings import EmbeddingSettings
@@ -53,6 +54,7 @@ async def serve(settings: EmbeddingSettings) -> None:
 def main() -> None:
     settings = EmbeddingSettings()
     setup_logging(settings.log_level, "embedding")
+    setup_tracing(TracingSettings(), "embedding")
     asyncio.run(serve(settings))
 
 

@@ -13,6 +13,7 @@ from services.common.onnx_runtime import select_providers
 from services.common.registry_client import RegistryClient
 from services.common.rpc import serve_until_signalled
 from services.common.settings import split_names
+from services.common.tracing import TracingSettings, setup_tracing
 from services.generation.model_pool import ModelPool
 from services.generation.servicer import GenerationServicer
 from services.generation.settings import GenerationSettings
@@ -55,6 +56,7 @@ async def serve(settings: GenerationSettings) -> None:
 def main() -> None:
     settings = GenerationSettings()
     setup_logging(settings.log_level, "generation")
+    setup_tracing(TracingSettings(), "generation")
     asyncio.run(serve(settings))
 
 

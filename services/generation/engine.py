@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from services.common import tracing
 from services.common.errors import Internal, InvalidArgument, ResourceExhausted, Unavailable
 from services.generation.metrics import EngineMetrics
 from services.generation.onnx_model import OnnxCausalLM
@@ -150,6 +151,8 @@ class _Request:
         self.enqueued_at = time.monotonic()
         # Prompt tokens already in the first sequence's slot.
         self.prefilled = 0
+        # Trace spans of its queue wait, prefill and decode, under the Generate call's span.
+        self.phases = tracing.phases("generation.queue")
 
     @property
     def slot(self) -> int:
@@ -241,7 +244,8 @@ class GenerationEngine:
                 raise ResourceExhausted(
                     "The generation queue is full; retry shortly.", retry_after_s=1.0
                 )
-            self._waiting.append(_Request(prompt_ids, sequences))
+            request = _Request(prompt_ids, sequences)
+            self._waiting.append(request)
             self._wakeup.notify()
         unfinished = len(sequences)
         try:
@@ -256,6 +260,7 @@ class GenerationEngine:
             # Client gone or consumer stopped: the worker drops them before the next step.
             for sequence in sequences:
                 sequence.cancelled = True
+            request.phases.end()
 
     # Worker thread
 
@@ -308,6 +313,7 @@ class GenerationEngine:
         into the slot)."""
         for request in requests:
             self.metrics.queue_time(time.monotonic() - request.enqueued_at)
+            request.phases.next("generation.prefill")
             first, *others = request.sequences
             if self.prefix_cache is None:
                 first.slot = self.kv.acquire()
@@ -395,6 +401,7 @@ class GenerationEngine:
         now = time.monotonic()
         self.metrics.prompt_tokens(size)
         self.metrics.first_token(now - request.enqueued_at)
+        request.phases.next("generation.decode")
         for sequence in request.sequences:
             self._accept(sequence, logits, now)
 

@@ -228,12 +228,21 @@ def services_for(topology: Topology, edge_admin_token: str) -> list[list[Service
         grpc_ready(topology.retrieval),
         address=topology.retrieval,
     )
+    edge_data = EdgeSettings().data_dir
+
+    def outbox(i: int) -> dict[str, str]:
+        # Replicas listen on ports picked at each start: name their outboxes by number, so a
+        # restarted stack ships what the last one left.
+        path = edge_data / f"usage-outbox-edge-{i}.db"
+        return {"EDGE_USAGE_OUTBOX_PATH": str(path)} if replicas else {}
+
     edges = [
         Service(
             f"edge-{i}" if replicas else "edge",
             python_module("edge"),
             {
                 **listen("EDGE", address),
+                **outbox(i),
                 "EDGE_REGISTRY_ADDR": registry,
                 "EDGE_GENERATION_ADDR": topology.generation_front,
                 "EDGE_EMBEDDING_ADDR": topology.embedding_front,

@@ -14,6 +14,7 @@ from services.common.errors import ServiceError
 from services.common.logs import setup_logging
 from services.common.progress import progress_bar
 from services.common.rpc import serve_until_signalled
+from services.common.tracing import TracingSettings, setup_tracing
 from services.registry.defaults import ensure_defaults
 from services.registry.importer import ModelImporter
 from services.registry.servicer import RegistryServicer
@@ -43,6 +44,7 @@ def main() -> None:
     parser.parse_args()
     settings = RegistrySettings()
     setup_logging(settings.log_level, "registry")
+    setup_tracing(TracingSettings(), "registry")
     store = RegistryStore(settings.db_path)
     importer = ModelImporter(settings.cache_dir)
     try:

@@ -9,6 +9,7 @@ from llmserve.retrieval.v1 import retrieval_pb2, retrieval_pb2_grpc
 from services.common.embedding_client import EmbeddingClient
 from services.common.logs import setup_logging
 from services.common.rpc import serve_until_signalled
+from services.common.tracing import TracingSettings, setup_tracing
 from services.retrieval.core import RetrievalCore, RetrievalDefaults
 from services.retrieval.domain import ChunkSettings
 from services.retrieval.files import FileStore
@@ -67,6 +68,7 @@ async def serve(settings: RetrievalSettings) -> None:
 def main() -> None:
     settings = RetrievalSettings()
     setup_logging(settings.log_level, "retrieval")
+    setup_tracing(TracingSettings(), "retrieval")
     asyncio.run(serve(settings))
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from services.common import tracing
 from services.common.domain import now_ms
 from services.common.embedding_client import EmbeddingClient
 from services.common.errors import InvalidArgument, NotFound
@@ -280,9 +281,10 @@ class RetrievalCore:
             raise NotFound(f"The collection `{name}` does not exist.", param="collection")
         # A long question is still a question: search with its first max-tokens.
         result = await self._embedding.embed(info.spec.embedding_model, [query], truncate=True)
-        found = await asyncio.to_thread(
-            self.store.search, stored_name, _unit(result.vectors)[0], query, limit, mode, alpha
-        )
+        with tracing.span("retrieval.search"):
+            found = await asyncio.to_thread(
+                self.store.search, stored_name, _unit(result.vectors)[0], query, limit, mode, alpha
+            )
         points = [p for p in found if p.score >= threshold]
         return RetrieveResult(
             name, points, limit, threshold, result.prompt_tokens, info.spec.embedding_model
