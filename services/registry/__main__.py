@@ -36,7 +36,7 @@ def main() -> None:
     args = build_parser().parse_args()
     settings = RegistrySettings()
     setup_logging(settings.log_level, "registry")
-    store = RegistryStore(settings.db_path)
+    store = RegistryStore(settings.database)
     importer = ModelImporter(settings.cache_dir)
     try:
         if args.command in (None, "serve"):
