@@ -338,6 +338,13 @@ def test_compose_registry_replicas_share_postgresql_and_edges_share_redis():
     )
     assert registry["environment"]["REGISTRY_DATABASE_URL"].endswith("@postgres:5432/llmserve")
     assert registry["depends_on"]["postgres"] == {"condition": "service_healthy"}
+    # Uploaded files: in the same PostgreSQL, readable by every retrieval replica.
+    retrieval = services["retrieval"]
+    assert (
+        retrieval["environment"]["RETRIEVAL_DATABASE_URL"]
+        == (registry["environment"]["REGISTRY_DATABASE_URL"])
+    )
+    assert retrieval["depends_on"]["postgres"] == {"condition": "service_healthy"}
     # Replicas are reached through Envoy, whose registry cluster lists every one.
     for name in ("edge", "generation", "embedding"):
         assert services[name]["environment"][f"{name.upper()}_REGISTRY_ADDR"] == "envoy:50050"
@@ -622,14 +629,19 @@ def test_kubernetes_registry_replicas_share_postgresql_and_edges_share_redis(tmp
     assert hpa["scaleTargetRef"]["name"] == "registry" and hpa["minReplicas"] >= 2
     assert by_kind["Service"]["registry"]["spec"]["clusterIP"] == "None"
     assert by_kind["PodDisruptionBudget"]["registry"]["spec"]["minAvailable"] == 1
-    # The database URL takes its password from the Secret, through an env reference.
-    env = env_of(registry)
-    assert secret_ref(env["POSTGRES_PASSWORD"]) == "postgres-password"
-    assert env["REGISTRY_DATABASE_URL"]["value"] == (
-        "postgresql://llmserve:$(POSTGRES_PASSWORD)@postgres:5432/llmserve"
-    )
-    assert list(env).index("POSTGRES_PASSWORD") < list(env).index("REGISTRY_DATABASE_URL")
-    assert "REGISTRY_DB_PATH" not in env
+    # The database URLs take the password from the Secret, through an env reference (the
+    # registry's, and the retrieval replicas' that keep uploaded files there).
+    for name, url in (
+        ("registry", "REGISTRY_DATABASE_URL"),
+        ("retrieval", "RETRIEVAL_DATABASE_URL"),
+    ):
+        env = env_of(by_kind["Deployment"][name])
+        assert secret_ref(env["POSTGRES_PASSWORD"]) == "postgres-password"
+        assert env[url]["value"] == (
+            "postgresql://llmserve:$(POSTGRES_PASSWORD)@postgres:5432/llmserve"
+        )
+        assert list(env).index("POSTGRES_PASSWORD") < list(env).index(url)
+    assert "REGISTRY_DB_PATH" not in env_of(registry)
     # The callers reach the replicas through Envoy.
     for name in ("edge", "generation", "embedding"):
         caller = env_of(by_kind["Deployment"][name])

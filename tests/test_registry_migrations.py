@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 from alembic.script import ScriptDirectory
 
+from services.common.database import database_url
 from services.common.domain import SamplingParams
 from services.common.records import (
     GraphKind,
@@ -26,7 +27,6 @@ from services.common.records import (
     UsageRecord,
     UsageStatus,
 )
-from services.registry.database import database_url
 from services.registry.migrations import upgrade_schema
 from services.registry.store import RegistryStore, hash_secret
 from services.registry.tables import metadata

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from services.common.database import database_url
 from services.common.local import free_port
 
 START_TIMEOUT_S = 60
@@ -58,9 +59,7 @@ class LocalPostgres:
         """A new empty database; returns its URL."""
         self._databases += 1
         name = f"llmserve_{self._databases}"
-        engine = sa.create_engine(
-            self.url().replace("postgresql:", "postgresql+psycopg:"), isolation_level="AUTOCOMMIT"
-        )
+        engine = sa.create_engine(database_url(self.url()), isolation_level="AUTOCOMMIT")
         with engine.connect() as connection:
             connection.exec_driver_sql(f"CREATE DATABASE {name}")
         engine.dispose()

@@ -14,17 +14,6 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-# A user writes postgresql://; SQLAlchemy's default driver for that is psycopg2, not installed.
-_DRIVERS = {"postgresql": "postgresql+psycopg", "postgres": "postgresql+psycopg"}
-
-
-def database_url(database: Path | str | sa.URL) -> sa.URL:
-    """A SQLite file path, or a database URL (postgresql:// is mapped to psycopg 3)."""
-    if isinstance(database, Path):
-        return sa.URL.create("sqlite", database=str(database))
-    url = sa.make_url(database)
-    return url.set(drivername=_DRIVERS.get(url.drivername, url.drivername))
-
 
 def create_engine(url: sa.URL) -> sa.Engine:
     if url.get_backend_name() != "sqlite":

@@ -23,6 +23,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from services.common.database import database_url
 from services.common.domain import SamplingParams, now_ms
 from services.common.errors import AlreadyExists, FailedPrecondition, NotFound, Unauthenticated
 from services.common.records import (
@@ -40,7 +41,7 @@ from services.common.records import (
     UsageStatus,
     UsageSummary,
 )
-from services.registry.database import create_engine, database_url
+from services.registry.database import create_engine
 from services.registry.migrations import upgrade_schema
 from services.registry.tables import api_keys, models, servings, usage
 

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
-from services.registry.database import database_url
+from services.common.database import database_url
 
 _SCRIPTS = Path(__file__).resolve().parent
 # pg_advisory_xact_lock's key: any constant that no other code of ours locks.
