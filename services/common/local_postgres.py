@@ -2,8 +2,8 @@
 `initdb`/`pg_ctl`, a data directory in a fresh temp dir, a free loopback port, and its unix
 socket in that temp dir (never /var/run/postgresql, which another server may own).
 
-PostgreSQL refuses to run as root; as root, the server runs as the `postgres` user, which owns
-the temp dir.
+PostgreSQL refuses to run as root; as root, the server runs as the `postgres` user (`nobody`
+where there is none), which owns the temp dir.
 """
 
 from __future__ import annotations
@@ -29,11 +29,15 @@ class LocalPostgres:
     def __init__(self) -> None:
         self.port = free_port()
         self.root = Path(tempfile.mkdtemp(prefix="llmserve-postgres-"))
-        self._user = "postgres" if os.geteuid() == 0 else None
+        self._user = _server_user() if os.geteuid() == 0 else None
         self._databases = 0
 
     def _run(self, *argv: str) -> None:
-        subprocess.run(argv, check=True, capture_output=True, user=self._user, timeout=120)
+        result = subprocess.run(argv, capture_output=True, text=True, user=self._user, timeout=120)
+        if result.returncode != 0:
+            log = self.root / "log"
+            server_log = log.read_text() if log.exists() else ""
+            raise RuntimeError(f"{argv[0]} failed: {result.stderr}{server_log}")
 
     def start(self) -> LocalPostgres:
         if self._user:
@@ -64,3 +68,11 @@ class LocalPostgres:
             connection.exec_driver_sql(f"CREATE DATABASE {name}")
         engine.dispose()
         return self.url(name)
+
+
+def _server_user() -> str:
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError:
+        return "nobody"
+    return "postgres"
