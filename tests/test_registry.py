@@ -14,8 +14,10 @@ from pathlib import Path
 
 import grpc
 import pytest
+import sqlalchemy as sa
 
 from llmserve.registry.v1 import registry_pb2, registry_pb2_grpc
+from services.common.database import database_url
 from services.common.domain import ChatMessage, SamplingParams
 from services.common.errors import (
     AlreadyExists,
@@ -23,6 +25,7 @@ from services.common.errors import (
     InvalidArgument,
     NotFound,
     Unauthenticated,
+    Unavailable,
 )
 from services.common.records import (
     EndpointUsage,
@@ -293,8 +296,11 @@ def test_keys_are_hashed_verified_revoked_and_expire(registry_database, chat_mod
     key, secret = store.create_key(serving.id, name="ci")
     assert store.verify_key(secret) == key
     # Only a hash is stored.
-    assert secret not in repr(store._read(api_keys.select()))
-    assert hash_secret(secret) in repr(store._read(api_keys.select()))
+    engine = sa.create_engine(database_url(registry_database), poolclass=sa.NullPool)
+    with engine.connect() as connection:
+        stored = repr(connection.execute(api_keys.select()).all())
+    engine.dispose()
+    assert secret not in stored and hash_secret(secret) in stored
     with pytest.raises(Unauthenticated):
         store.verify_key(secret + "x")
     expired, expired_secret = store.create_key(serving.id, expires_at_unix_ms=1)
@@ -402,6 +408,22 @@ def test_stores_sharing_a_database_at_once_make_one_of_everything(registry_datab
     assert sorted(r.request_id for r in recorded) == sorted(f"r{i}" for i in range(150))
     a.close()
     b.close()
+
+
+def test_a_database_out_of_reach_is_unavailable_not_internal(postgres):
+    url = postgres.create_database()
+    store = RegistryStore(url)
+    store.record_usage([_usage("r1")])
+    admin = sa.create_engine(database_url(postgres.url()), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        # Ends the store's connections too, as a database failover would.
+        connection.exec_driver_sql(f"DROP DATABASE {sa.make_url(url).database} WITH (FORCE)")
+    admin.dispose()
+    with pytest.raises(Unavailable):
+        store.query_usage(UsageQuery())
+    with pytest.raises(Unavailable):
+        store.record_usage([_usage("r2")])
+    store.close()
 
 
 def test_cli_manages_servings_keys_and_usage(tmp_path, chat_model):

@@ -17,6 +17,8 @@ import hashlib
 import hmac
 import json
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,7 +27,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from services.common.database import database_url
 from services.common.domain import SamplingParams, now_ms
-from services.common.errors import AlreadyExists, FailedPrecondition, NotFound, Unauthenticated
+from services.common.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    NotFound,
+    Unauthenticated,
+    Unavailable,
+)
 from services.common.records import (
     ApiKeyRecord,
     EndpointUsage,
@@ -67,13 +75,24 @@ class RegistryStore:
     def close(self) -> None:
         self._engine.dispose()
 
+    @contextmanager
+    def _transaction(self) -> Iterator[sa.Connection]:
+        """One transaction, committed on leaving. A database that cannot be reached (or a
+        SQLite file locked past its timeout) is Unavailable: 503 at the edge, and a read that
+        Envoy retries on another replica, rather than an internal error."""
+        try:
+            with self._engine.begin() as connection:
+                yield connection
+        except sa.exc.OperationalError as error:
+            raise Unavailable("The registry's database is unavailable.") from error
+
     def _write(self, statement: sa.Executable, rows: list[dict] | None = None) -> sa.CursorResult:
-        """One transaction, committed before it returns."""
-        with self._engine.begin() as connection:
+        """Committed before it returns."""
+        with self._transaction() as connection:
             return connection.execute(statement, rows)
 
     def _read(self, statement: sa.Executable) -> list[sa.Row]:
-        with self._engine.connect() as connection:
+        with self._transaction() as connection:
             return connection.execute(statement).all()
 
     # Models
@@ -126,7 +145,7 @@ class RegistryStore:
         Atomic, so replicas bootstrapping one database at once make one serving: the model's row
         is locked first (FOR UPDATE on PostgreSQL; SQLite's BEGIN IMMEDIATE locks everything)."""
         serving = _with_created(serving)
-        with self._engine.begin() as connection:
+        with self._transaction() as connection:
             locked = connection.execute(
                 sa.select(models.c.name).where(models.c.name == serving.model).with_for_update()
             ).all()
