@@ -338,6 +338,7 @@ def test_compose_registry_replicas_share_postgresql_and_edges_share_redis():
     )
     assert registry["environment"]["REGISTRY_DATABASE_URL"].endswith("@postgres:5432/llmserve")
     assert registry["depends_on"]["postgres"] == {"condition": "service_healthy"}
+    assert registry["environment"]["REGISTRY_ISSUE_DEV_KEY"] == "false"
     # Uploaded files: in the same PostgreSQL, readable by every retrieval replica.
     retrieval = services["retrieval"]
     assert (
@@ -642,6 +643,7 @@ def test_kubernetes_registry_replicas_share_postgresql_and_edges_share_redis(tmp
         )
         assert list(env).index("POSTGRES_PASSWORD") < list(env).index(url)
     assert "REGISTRY_DB_PATH" not in env_of(registry)
+    assert env_of(registry)["REGISTRY_ISSUE_DEV_KEY"]["value"] == "false"
     # The callers reach the replicas through Envoy.
     for name in ("edge", "generation", "embedding"):
         caller = env_of(by_kind["Deployment"][name])

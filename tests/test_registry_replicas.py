@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 import pytest
@@ -37,6 +38,7 @@ class Replicas:
     registries: list[Service]
     front: str
     admin_port: int
+    data: Path
 
     def healthy(self) -> dict[str, bool]:
         return {h.address: h.healthy for h in envoy.cluster_hosts(self.admin_port)["registry"]}
@@ -53,8 +55,9 @@ def replicas(postgres, tmp_path, chat_model, embedding_model) -> Replicas:
             "REGISTRY_DATABASE_URL": database,
             "REGISTRY_HOST": "127.0.0.1",
             "REGISTRY_PORT": address.rsplit(":", 1)[1],
-            # One file per replica, as each pod has its own.
-            "REGISTRY_DEV_KEY_PATH": str(tmp_path / f"dev-key-{number}"),
+            # As deployed: keys come from the admin API, not from each replica's bootstrap.
+            "REGISTRY_ISSUE_DEV_KEY": "false",
+            "REGISTRY_DEV_KEY_PATH": str(tmp_path / "dev-api-key"),
         }
         ready = grpc_ready(address)
         registries.append(
@@ -81,7 +84,7 @@ def replicas(postgres, tmp_path, chat_model, embedding_model) -> Replicas:
         # Both at once: they bootstrap the default models and serving concurrently.
         stack.start(*registries)
         stack.start(front)
-        replicas = Replicas(stack, registries, f"127.0.0.1:{grpc_port}", admin_port)
+        replicas = Replicas(stack, registries, f"127.0.0.1:{grpc_port}", admin_port, tmp_path)
         stack.wait_until(
             front, lambda: list(replicas.healthy().values()) == [True, True], "both healthy"
         )
@@ -179,6 +182,9 @@ def test_a_killed_replica_loses_no_write_and_doubles_none(replicas):
         )
         [serving] = stub.ListServings(registry_pb2.ListServingsRequest(), timeout=10).servings
         assert serving.model == DEFAULT_CHAT_MODEL
+        request = registry_pb2.ListApiKeysRequest(serving_id=serving.id)
+        assert not stub.ListApiKeys(request, timeout=10).keys
+        assert not (replicas.data / "dev-api-key").exists()
 
         load = Load(stub, serving.id)
         pool = ThreadPoolExecutor(USAGE_WORKERS + 1)

@@ -42,7 +42,8 @@ def main() -> None:
         if args.command in (None, "serve"):
             if settings.bootstrap_defaults:
                 with progress_bar("default model") as progress:
-                    ensure_defaults(store, importer, progress, settings.dev_key_path)
+                    dev_key_path = settings.dev_key_path if settings.issue_dev_key else None
+                    ensure_defaults(store, importer, progress, dev_key_path)
             asyncio.run(serve(settings, store, importer))
         else:
             run(args, store, importer)

@@ -39,10 +39,10 @@ def minilm_checkpoint() -> Path:
 
 
 def ensure_defaults(
-    store: RegistryStore, importer: ModelImporter, progress: Progress, dev_key_path: Path
+    store: RegistryStore, importer: ModelImporter, progress: Progress, dev_key_path: Path | None
 ) -> None:
-    """Imports the default chat and embedding models, gives the chat model a serving and a
-    development key, unless already there.
+    """Imports the default chat and embedding models, gives the chat model a serving and (with
+    a `dev_key_path`) a development key, unless already there.
 
     Replicas sharing one database may run this at once: a model the other replica recorded
     first is kept (both exports are the same, keyed by the source's hash), and the serving is
@@ -54,7 +54,8 @@ def ensure_defaults(
     _ensure_model(
         store, importer, progress, DEFAULT_EMBEDDING_MODEL, ModelKind.EMBEDDING, minilm_checkpoint
     )
-    ensure_dev_key(store, serving.id, dev_key_path)
+    if dev_key_path is not None:
+        ensure_dev_key(store, serving.id, dev_key_path)
 
 
 def _ensure_model(

@@ -23,6 +23,9 @@ class RegistrySettings(ServiceSettings):
     bootstrap_defaults: bool = True
     # Where bootstrap keeps a development API key for the default serving (mode 0600).
     dev_key_path: Path = DEFAULT_DATA_DIR / "dev-api-key"
+    # Deployments turn it off: replicas that come and go would each leave one more key behind
+    # (keys are issued through the admin API there).
+    issue_dev_key: bool = True
 
     @property
     def database(self) -> Path | str:
