@@ -380,7 +380,7 @@ def test_stores_sharing_a_database_at_once_make_one_of_everything(registry_datab
     """Two stores on one database at the same moment (as two registry replicas starting
     together): both upgrade it, one model and one default serving come out, and usage written
     by both, overlapping, counts every request once."""
-    barrier = threading.Barrier(2)
+    barrier = threading.Barrier(2, timeout=60)
 
     def replica(first_request: int) -> tuple[RegistryStore, list, int]:
         barrier.wait()

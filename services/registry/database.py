@@ -10,9 +10,30 @@ server's default synchronous_commit=on.
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from pathlib import Path
 
 import sqlalchemy as sa
+
+# As long as Python's sqlite3 waits for a lock (its default timeout).
+_WAL_SWITCH_TIMEOUT_S = 5.0
+
+
+def use_wal(dbapi_connection: sqlite3.Connection) -> None:
+    """WAL is a property of the file, set by the first connection that finds it missing (the
+    migrations', before any transaction). Switching needs the file to itself, and SQLite
+    answers "database is locked" at once instead of calling its busy handler (two replicas
+    creating one file switch at the same moment), so retry as that handler would."""
+    deadline = time.monotonic() + _WAL_SWITCH_TIMEOUT_S
+    while True:
+        try:
+            dbapi_connection.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def create_engine(url: sa.URL) -> sa.Engine:
@@ -32,7 +53,7 @@ def create_engine(url: sa.URL) -> sa.Engine:
     def connect(dbapi_connection, _record) -> None:
         # We BEGIN ourselves (below): Python's sqlite3 would begin only before DML.
         dbapi_connection.isolation_level = None
-        dbapi_connection.execute("PRAGMA journal_mode=WAL")
+        use_wal(dbapi_connection)
         dbapi_connection.execute("PRAGMA synchronous=FULL")
         dbapi_connection.execute("PRAGMA foreign_keys=ON")
 

@@ -20,6 +20,7 @@ from alembic import command
 from alembic.config import Config
 
 from services.common.database import database_url
+from services.registry.database import use_wal
 
 _SCRIPTS = Path(__file__).resolve().parent
 # pg_advisory_xact_lock's key: any constant that no other code of ours locks.
@@ -61,6 +62,9 @@ def _take_over_sqlite_transactions(engine: sa.Engine) -> None:
     @sa.event.listens_for(engine, "connect")
     def connect(dbapi_connection, _record) -> None:
         dbapi_connection.isolation_level = None
+        # Before the file's first transaction: switching to WAL later fails while another
+        # process holds a rollback-journal write lock (two replicas creating one file).
+        use_wal(dbapi_connection)
         # Batch mode copies a table and drops the original: with foreign keys enforced, dropping
         # `servings` would delete every API key through ON DELETE CASCADE.
         dbapi_connection.execute("PRAGMA foreign_keys=OFF")
