@@ -4,12 +4,13 @@ in-process gRPC servers on free ports, and the whole stack started as a user sta
 from __future__ import annotations
 
 import asyncio
+import itertools
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import pytest
 import requests
 
 from services.common.local import isolated_stack_env
+from services.common.local_postgres import LocalPostgres
 from services.common.records import ModelKind, ModelRecord
 from services.common.rpc import GrpcServer, start_server
 from services.registry.defaults import (
@@ -65,6 +67,29 @@ def embedding_model(cache_dir: Path) -> ModelRecord:
         minilm_checkpoint(),
         progress=lambda stage, fraction: None,
     )
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[LocalPostgres]:
+    """A private PostgreSQL 15 server for the whole session (each test takes a new database)."""
+    server = LocalPostgres().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def new_registry_database(request, tmp_path) -> Callable[[], Path | str]:
+    """Makes what RegistryStore opens, once per engine: a new SQLite file, or a new database on
+    the session's PostgreSQL."""
+    if request.param == "postgresql":
+        return request.getfixturevalue("postgres").create_database
+    numbers = itertools.count()
+    return lambda: tmp_path / f"registry-{next(numbers)}.db"
+
+
+@pytest.fixture
+def registry_database(new_registry_database) -> Path | str:
+    return new_registry_database()
 
 
 def tiny_checkpoint_of(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import base64
 import re
 import shutil
 import subprocess
@@ -310,11 +311,14 @@ def test_compose_depends_on_waits_for_health_without_cycles():
 def test_compose_data_lives_on_named_volumes_and_weaviate_needs_a_key():
     document = yaml.safe_load(COMPOSE.read_text())
     services = document["services"]
-    assert {"model-cache", "registry-data", "weaviate-data"} <= set(document["volumes"])
+    assert {"model-cache", "postgres-data", "redis-data", "weaviate-data"} <= set(
+        document["volumes"]
+    )
     registry_env = resolved_stage("registry")["env"]
     mounts = dict(v.split(":")[:2] for v in services["registry"]["volumes"])
-    assert mounts["registry-data"] == str(Path(registry_env["REGISTRY_DB_PATH"]).parent)
     assert mounts["model-cache"] == registry_env["REGISTRY_CACHE_DIR"]
+    assert "postgres-data:/var/lib/postgresql/data" in services["postgres"]["volumes"]
+    assert "redis-data:/data" in services["redis"]["volumes"]
     for reader in ("generation", "embedding"):
         # Artifact paths recorded by the registry must resolve at the same place.
         assert f"model-cache:{registry_env['REGISTRY_CACHE_DIR']}:ro" in services[reader]["volumes"]
@@ -324,6 +328,38 @@ def test_compose_data_lives_on_named_volumes_and_weaviate_needs_a_key():
     assert "weaviate-data:/var/lib/weaviate" in services["weaviate"]["volumes"]
     # Admin stays on Envoy's loopback; only HTTP and loopback gRPC are published.
     assert all("9901" not in port for port in services["envoy"]["ports"])
+
+
+def test_compose_registry_replicas_share_postgresql_and_edges_share_redis():
+    services = compose_services()
+    registry = services["registry"]
+    assert registry["deploy"]["replicas"] >= 2
+    assert registry["environment"]["REGISTRY_DATABASE_URL"].startswith(
+        "postgresql://llmserve:${POSTGRES_PASSWORD:?"
+    )
+    assert registry["environment"]["REGISTRY_DATABASE_URL"].endswith("@postgres:5432/llmserve")
+    assert registry["depends_on"]["postgres"] == {"condition": "service_healthy"}
+    assert registry["environment"]["REGISTRY_ISSUE_DEV_KEY"] == "false"
+    # Uploaded files: in the same PostgreSQL, readable by every retrieval replica.
+    retrieval = services["retrieval"]
+    assert (
+        retrieval["environment"]["RETRIEVAL_DATABASE_URL"]
+        == (registry["environment"]["REGISTRY_DATABASE_URL"])
+    )
+    assert retrieval["depends_on"]["postgres"] == {"condition": "service_healthy"}
+    # Replicas are reached through Envoy, whose registry cluster lists every one.
+    for name in ("edge", "generation", "embedding"):
+        assert services[name]["environment"][f"{name.upper()}_REGISTRY_ADDR"] == "envoy:50050"
+    assert services["postgres"]["environment"]["POSTGRES_PASSWORD"].startswith(
+        "${POSTGRES_PASSWORD:?"
+    )
+    assert services["edge"]["environment"]["EDGE_REDIS_URL"].startswith(
+        "redis://:${REDIS_PASSWORD:?"
+    )
+    redis = services["redis"]
+    assert "--appendonly" in redis["command"] and "--requirepass" in redis["command"]
+    assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+    assert services["postgres"]["healthcheck"]["test"][1] == "pg_isready"
 
 
 def test_compose_gpu_override_reserves_an_nvidia_gpu_for_generation():
@@ -502,6 +538,9 @@ def test_import_closure_sees_what_a_service_needs():
 # ---- Kubernetes ---------------------------------------------------------------------------
 
 
+SECRET_FILES = ("admin-token", "weaviate-api-key", "postgres-password", "redis-password")
+
+
 def render_kustomization(tmp_path: Path, overlay: str) -> list[dict]:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
@@ -510,8 +549,8 @@ def render_kustomization(tmp_path: Path, overlay: str) -> list[dict]:
     shutil.copytree(REPO / "deploy", copy / "deploy")
     secrets = copy / "deploy" / "k8s" / "base" / "secrets"
     secrets.mkdir(exist_ok=True)
-    (secrets / "admin-token").write_text("test-admin-token")
-    (secrets / "weaviate-api-key").write_text("test-weaviate-key")
+    for name in SECRET_FILES:
+        (secrets / name).write_text(f"test-{name}")
     result = run(kubectl, "kustomize", str(copy / "deploy" / "k8s" / overlay))
     assert result.returncode == 0, result.stderr
     (tmp_path / "rendered.yaml").write_text(result.stdout)
@@ -554,10 +593,10 @@ def test_kubernetes_manifests_render_and_validate_strictly(tmp_path, overlay):
     # Envoy must see each replica: headless Services for what it balances.
     for name in ("generation", "embedding", "retrieval", "edge"):
         assert by_kind["Service"][name]["spec"]["clusterIP"] == "None", name
-    assert set(by_kind["HorizontalPodAutoscaler"]) == {"generation", "embedding"}
-    assert "weaviate" in by_kind["StatefulSet"]
+    assert set(by_kind["HorizontalPodAutoscaler"]) == {"generation", "embedding", "registry"}
+    assert set(by_kind["StatefulSet"]) == {"weaviate", "postgres", "redis"}
     (secret,) = by_kind["Secret"].values()
-    assert set(secret["data"]) == {"admin-token", "weaviate-api-key"}
+    assert set(secret["data"]) == set(SECRET_FILES)
     (configmap,) = by_kind["ConfigMap"].values()
     assert configmap["data"]["envoy.yaml"] == ENVOY_YAML.read_text()
     if overlay:
@@ -565,6 +604,75 @@ def test_kubernetes_manifests_render_and_validate_strictly(tmp_path, overlay):
         assert container["image"].startswith("llmserve/generation-gpu:")
         assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
         assert {"name": "GENERATION_DEVICE", "value": "cuda"} in container["env"]
+
+
+def env_of(workload: dict) -> dict[str, dict]:
+    (container,) = workload["spec"]["template"]["spec"]["containers"]
+    return {variable["name"]: variable for variable in container["env"]}
+
+
+def secret_ref(variable: dict) -> str:
+    """The Secret key a variable comes from (never a literal in the manifest)."""
+    ref = variable["valueFrom"]["secretKeyRef"]
+    assert ref["name"].startswith("llmserve-secrets"), ref
+    return ref["key"]
+
+
+def test_kubernetes_registry_replicas_share_postgresql_and_edges_share_redis(tmp_path):
+    documents = render_kustomization(tmp_path, "")
+    by_kind: dict[str, dict[str, dict]] = {}
+    for doc in documents:
+        by_kind.setdefault(doc["kind"], {})[doc["metadata"]["name"]] = doc
+    registry = by_kind["Deployment"]["registry"]
+    # Several replicas, autoscaled, each reachable by Envoy, one kept through a node drain.
+    assert registry["spec"]["replicas"] >= 2
+    assert "strategy" not in registry["spec"]  # a rolling update, not Recreate
+    hpa = by_kind["HorizontalPodAutoscaler"]["registry"]["spec"]
+    assert hpa["scaleTargetRef"]["name"] == "registry" and hpa["minReplicas"] >= 2
+    assert by_kind["Service"]["registry"]["spec"]["clusterIP"] == "None"
+    assert by_kind["PodDisruptionBudget"]["registry"]["spec"]["minAvailable"] == 1
+    # The database URLs take the password from the Secret, through an env reference (the
+    # registry's, and the retrieval replicas' that keep uploaded files there).
+    for name, url in (
+        ("registry", "REGISTRY_DATABASE_URL"),
+        ("retrieval", "RETRIEVAL_DATABASE_URL"),
+    ):
+        env = env_of(by_kind["Deployment"][name])
+        assert secret_ref(env["POSTGRES_PASSWORD"]) == "postgres-password"
+        assert env[url]["value"] == (
+            "postgresql://llmserve:$(POSTGRES_PASSWORD)@postgres:5432/llmserve"
+        )
+        assert list(env).index("POSTGRES_PASSWORD") < list(env).index(url)
+    assert "REGISTRY_DB_PATH" not in env_of(registry)
+    assert env_of(registry)["REGISTRY_ISSUE_DEV_KEY"]["value"] == "false"
+    # The callers reach the replicas through Envoy.
+    for name in ("edge", "generation", "embedding"):
+        caller = env_of(by_kind["Deployment"][name])
+        assert caller[f"{name.upper()}_REGISTRY_ADDR"]["value"] == "envoy:50050"
+    edge = env_of(by_kind["Deployment"]["edge"])
+    assert secret_ref(edge["REDIS_PASSWORD"]) == "redis-password"
+    assert edge["EDGE_REDIS_URL"]["value"] == "redis://:$(REDIS_PASSWORD)@redis:6379/0"
+
+    # PostgreSQL and Redis: a persistent volume where they keep data, probes, the Secret.
+    for name, data_dir, password_var in (
+        ("postgres", "/var/lib/postgresql/data", "POSTGRES_PASSWORD"),
+        ("redis", "/data", "REDIS_PASSWORD"),
+    ):
+        statefulset = by_kind["StatefulSet"][name]
+        (container,) = statefulset["spec"]["template"]["spec"]["containers"]
+        (claim,) = statefulset["spec"]["volumeClaimTemplates"]
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        assert mounts[claim["metadata"]["name"]] == data_dir
+        assert container["readinessProbe"]["exec"] and container["livenessProbe"]["exec"]
+        assert secret_ref(env_of(statefulset)[password_var]).endswith("-password")
+        assert by_kind["Service"][name]["spec"]["ports"][0]["port"] in (5432, 6379)
+    redis_args = by_kind["StatefulSet"]["redis"]["spec"]["template"]["spec"]["containers"][0]
+    assert redis_args["args"][redis_args["args"].index("--appendonly") + 1] == "yes"
+    # No secret value anywhere but in the Secret.
+    rendered = (tmp_path / "rendered.yaml").read_text()
+    for name in SECRET_FILES:
+        assert rendered.count(base64.b64encode(f"test-{name}".encode()).decode()) == 1
+        assert f"test-{name}" not in rendered
 
 
 def test_kubernetes_validate_rejects_an_unknown_field(tmp_path):

@@ -99,3 +99,18 @@ def test_a_signal_stops_the_services_already_started(tmp_path, sig):
 
     _, started = run_launcher(tmp_path, {}, signal_once_the_registry_started)
     assert "registry" in started
+
+
+def test_registry_replicas_start_one_after_another_on_one_database(tmp_path, postgres):
+    """REGISTRY_REPLICAS=2: the first replica starts alone (it may import the default models),
+    the second once the first is healthy, both on the one PostgreSQL; both are stopped."""
+
+    def stop_once_the_second_is_healthy(process, log_path):
+        wait_for_log(log_path, re.compile(r"registry-2 is healthy"), process)
+        process.send_signal(signal.SIGTERM)
+
+    env = {"REGISTRY_REPLICAS": "2", "REGISTRY_DATABASE_URL": postgres.create_database()}
+    _, started = run_launcher(tmp_path, env, stop_once_the_second_is_healthy)
+    assert started[:2] == ["registry-1", "registry-2"]
+    log = (tmp_path / "launcher.log").read_text()
+    assert log.index("registry-1 is healthy") < log.index("started registry-2")

@@ -1,17 +1,21 @@
-"""Registry: the SQLite store and model import (real exports); its command line is `llmserve`
-(tests/test_cli.py)."""
+"""Registry: the store on both engines (SQLite, PostgreSQL) and model import (real
+exports); its command line is `llmserve` (tests/test_cli.py)."""
 
 from __future__ import annotations
 
 import logging
 import os
 import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
 import pytest
+import sqlalchemy as sa
 
 from llmserve.registry.v1 import registry_pb2, registry_pb2_grpc
+from services.common.database import database_url
 from services.common.domain import ChatMessage, SamplingParams
 from services.common.errors import (
     AlreadyExists,
@@ -19,6 +23,7 @@ from services.common.errors import (
     InvalidArgument,
     NotFound,
     Unauthenticated,
+    Unavailable,
 )
 from services.common.records import (
     EndpointUsage,
@@ -36,11 +41,12 @@ from services.common.rpc import service_name, start_server
 from services.registry.exporter import BUILD_STAGE
 from services.registry.importer import ModelImporter
 from services.registry.servicer import RegistryServicer
-from services.registry.store import RegistryStore
+from services.registry.store import RegistryStore, hash_secret
+from services.registry.tables import api_keys
 
 
-def test_models_and_servings_persist_across_reopen(tmp_path, chat_model):
-    path = tmp_path / "registry.db"
+def test_models_and_servings_persist_across_reopen(registry_database, chat_model):
+    path = registry_database
     store = RegistryStore(path)
     store.add_model(chat_model)
     serving = store.add_serving(
@@ -81,16 +87,16 @@ def _graph_record(graph: GraphKind, name: str = "m") -> ModelRecord:
 
 
 @pytest.mark.parametrize("graph", list(GraphKind))
-def test_the_graph_kind_survives_the_proto_and_the_store(tmp_path, graph):
+def test_the_graph_kind_survives_the_proto_and_the_store(registry_database, graph):
     pb = _graph_record(graph).to_pb()
     assert registry_pb2.GraphKind.Name(pb.graph) == f"GRAPH_KIND_{graph.name}"
     wire = registry_pb2.Model.FromString(pb.SerializeToString())
     assert ModelRecord.from_pb(wire) == _graph_record(graph)
 
-    store = RegistryStore(tmp_path / "registry.db")
+    store = RegistryStore(registry_database)
     store.add_model(_graph_record(graph))
     store.close()
-    store = RegistryStore(tmp_path / "registry.db")
+    store = RegistryStore(registry_database)
     assert store.get_model("m") == _graph_record(graph)
     assert store.list_models(ModelKind.CHAT) == [_graph_record(graph)]
     store.close()
@@ -113,10 +119,15 @@ def test_chat_model_files_by_graph_and_weights():
         chat_model_file(GraphKind.GQA, "fp32", "cuda")
 
 
-def test_serving_for_unknown_model_is_not_found(tmp_path):
-    store = RegistryStore(tmp_path / "registry.db")
+def test_serving_for_unknown_model_is_not_found(registry_database):
+    store = RegistryStore(registry_database)
     with pytest.raises(NotFound):
         store.add_serving(ServingRecord(id=0, name="x", model="missing"))
+    with pytest.raises(NotFound):
+        store.serving_for_model(ServingRecord(id=0, name="x", model="missing"))
+    with pytest.raises(NotFound):
+        store.create_key(7)
+    store.close()
 
 
 def test_default_model_import_records_template_context_and_eos(chat_model):
@@ -253,14 +264,18 @@ def _usage(request_id: str, **fields) -> UsageRecord:
     return UsageRecord(**values)
 
 
-def test_keys_are_hashed_verified_revoked_and_expire(tmp_path, chat_model):
-    store = RegistryStore(tmp_path / "registry.db")
+def test_keys_are_hashed_verified_revoked_and_expire(registry_database, chat_model):
+    store = RegistryStore(registry_database)
     store.add_model(chat_model)
     serving = store.add_serving(ServingRecord(id=0, name="s", model=chat_model.name))
     key, secret = store.create_key(serving.id, name="ci")
     assert store.verify_key(secret) == key
     # Only a hash is stored.
-    assert secret.encode() not in (tmp_path / "registry.db").read_bytes()
+    engine = sa.create_engine(database_url(registry_database), poolclass=sa.NullPool)
+    with engine.connect() as connection:
+        stored = repr(connection.execute(api_keys.select()).all())
+    engine.dispose()
+    assert secret not in stored and hash_secret(secret) in stored
     with pytest.raises(Unauthenticated):
         store.verify_key(secret + "x")
     expired, expired_secret = store.create_key(serving.id, expires_at_unix_ms=1)
@@ -274,8 +289,8 @@ def test_keys_are_hashed_verified_revoked_and_expire(tmp_path, chat_model):
         store.revoke_key("key_missing")
 
 
-def test_usage_query_filters_and_totals_and_replays_are_ignored(tmp_path):
-    store = RegistryStore(tmp_path / "registry.db")
+def test_usage_query_filters_and_totals_and_replays_are_ignored(registry_database):
+    store = RegistryStore(registry_database)
     store.record_usage(
         [
             _usage("r1"),
@@ -294,11 +309,13 @@ def test_usage_query_filters_and_totals_and_replays_are_ignored(tmp_path):
     window = store.query_usage(UsageQuery(since_unix_ms=2_000, until_unix_ms=3_000))
     assert [r.request_id for r in window.records] == ["r2"]
     store.close()
-    assert RegistryStore(tmp_path / "registry.db").query_usage(UsageQuery()).total_requests == 3
+    store = RegistryStore(registry_database)
+    assert store.query_usage(UsageQuery()).total_requests == 3
+    store.close()
 
 
-def test_usage_totals_per_endpoint_cover_every_match_and_endpoint_filters(tmp_path):
-    store = RegistryStore(tmp_path / "registry.db")
+def test_usage_totals_per_endpoint_cover_every_match_and_endpoint_filters(registry_database):
+    store = RegistryStore(registry_database)
     store.record_usage(
         [
             _usage("r1"),
@@ -332,6 +349,56 @@ def test_usage_totals_per_endpoint_cover_every_match_and_endpoint_filters(tmp_pa
     assert serving_1_late.by_endpoint[0] == EndpointUsage("/v1/chat/completions", 1, 10, 7)
     nothing = store.query_usage(UsageQuery(endpoint="/v1/missing"))
     assert (nothing.records, nothing.by_endpoint, nothing.total_requests) == ([], [], 0)
+
+
+def test_stores_sharing_a_database_at_once_make_one_of_everything(registry_database):
+    """Two stores on one database at the same moment (as two registry replicas starting
+    together): both upgrade it, one model and one default serving come out, and usage written
+    by both, overlapping, counts every request once."""
+    barrier = threading.Barrier(2, timeout=60)
+
+    def replica(first_request: int) -> tuple[RegistryStore, list, int]:
+        barrier.wait()
+        store = RegistryStore(registry_database)
+        barrier.wait()
+        outcomes = []
+        try:
+            store.add_model(_graph_record(GraphKind.GQA))
+            outcomes.append("added")
+        except AlreadyExists:
+            outcomes.append("exists")
+        barrier.wait()
+        serving = store.serving_for_model(ServingRecord(id=0, name="default", model="m"))
+        for start in range(first_request, first_request + 100, 10):
+            store.record_usage([_usage(f"r{i}") for i in range(start, start + 10)])
+        return store, outcomes, serving.id
+
+    with ThreadPoolExecutor(2) as pool:
+        (a, a_outcome, a_serving), (b, b_outcome, b_serving) = pool.map(replica, (0, 50))
+    assert sorted(a_outcome + b_outcome) == ["added", "exists"]
+    assert a_serving == b_serving
+    assert [s.id for s in a.list_servings()] == [a_serving]
+    assert a.query_usage(UsageQuery()).total_requests == 150
+    recorded = b.query_usage(UsageQuery(limit=1000)).records
+    assert sorted(r.request_id for r in recorded) == sorted(f"r{i}" for i in range(150))
+    a.close()
+    b.close()
+
+
+def test_a_database_out_of_reach_is_unavailable_not_internal(postgres):
+    url = postgres.create_database()
+    store = RegistryStore(url)
+    store.record_usage([_usage("r1")])
+    admin = sa.create_engine(database_url(postgres.url()), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        # Ends the store's connections too, as a database failover would.
+        connection.exec_driver_sql(f"DROP DATABASE {sa.make_url(url).database} WITH (FORCE)")
+    admin.dispose()
+    with pytest.raises(Unavailable):
+        store.query_usage(UsageQuery())
+    with pytest.raises(Unavailable):
+        store.record_usage([_usage("r2")])
+    store.close()
 
 
 def test_a_base_model_imports_without_a_template_and_takes_one_given(

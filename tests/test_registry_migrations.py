@@ -1,6 +1,6 @@
 """Registry schema migrations: each released schema is a revision, and databases made by earlier
 releases upgrade in place when the store opens them, keep their rows, and end at the same schema
-as a new database."""
+as a new database, on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 from alembic.script import ScriptDirectory
 
+from services.common.database import database_url
 from services.common.domain import SamplingParams
 from services.common.records import (
     GraphKind,
@@ -27,7 +28,8 @@ from services.common.records import (
     UsageStatus,
 )
 from services.registry.migrations import upgrade_schema
-from services.registry.store import RegistryStore
+from services.registry.store import RegistryStore, hash_secret
+from services.registry.tables import metadata
 
 REPO = Path(__file__).resolve().parent.parent
 SCHEMAS = REPO / "tests" / "registry_schemas"
@@ -93,6 +95,23 @@ def test_each_released_schema_is_a_revision(tmp_path, revision, release):
     assert schema(tmp_path / "migrated.db") == schema(database(tmp_path / "made.db", release))
 
 
+USAGE = UsageRecord(
+    request_id="r1",
+    created_at_unix_ms=1,
+    serving_id=1,
+    model="old-chat",
+    api_key_id="",
+    user_id="",
+    prompt_tokens=3,
+    completion_tokens=0,
+    latency_ms=5,
+    ttft_ms=0,
+    status=UsageStatus.OK,
+    blocked=False,
+    endpoint="/v1/embeddings",
+)
+
+
 def test_first_release_database_upgrades_in_place(tmp_path, head_schema):
     path = database(tmp_path / "registry.db", "first_release.sql")
     store = RegistryStore(path)
@@ -108,21 +127,7 @@ def test_first_release_database_upgrades_in_place(tmp_path, head_schema):
     # And the tables added since work.
     key, secret = store.create_key(serving.id, name="after")
     assert store.verify_key(secret) == key
-    record = UsageRecord(
-        request_id="r1",
-        created_at_unix_ms=1,
-        serving_id=serving.id,
-        model="old-chat",
-        api_key_id=key.id,
-        user_id="",
-        prompt_tokens=3,
-        completion_tokens=0,
-        latency_ms=5,
-        ttft_ms=0,
-        status=UsageStatus.OK,
-        blocked=False,
-        endpoint="/v1/embeddings",
-    )
+    record = replace(USAGE, serving_id=serving.id, api_key_id=key.id)
     store.record_usage([record])
     assert store.query_usage(UsageQuery(serving_id=serving.id)).records == [record]
     assert store.add_serving(ServingRecord(id=0, name="new", model="old-chat")).id == 2
@@ -222,3 +227,109 @@ def test_a_failed_upgrade_leaves_the_database_as_it_was(tmp_path):
     assert "alembic_version" not in tables and "api_keys" not in tables
     assert conn.execute("SELECT name FROM servings").fetchall() == [("legacy",)]
     conn.close()
+
+
+# The revisions on both engines: each step from an older revision keeps its rows and ends at the
+# schema of a new database; PostgreSQL runs them for real, not only SQLite.
+
+
+def inspected(database: Path | str) -> dict:
+    """The schema as SQLAlchemy's inspector sees it, on either engine."""
+    engine = sa.create_engine(database_url(database), poolclass=sa.NullPool)
+    inspector = sa.inspect(engine)
+    described = {
+        table: {
+            "columns": [
+                (c["name"], str(c["type"]), c["nullable"], c.get("default"))
+                for c in inspector.get_columns(table)
+            ],
+            "primary_key": inspector.get_pk_constraint(table)["constrained_columns"],
+            "foreign_keys": sorted(
+                (fk["constrained_columns"], fk["referred_table"], fk["options"])
+                for fk in inspector.get_foreign_keys(table)
+            ),
+            "indexes": sorted((i["name"], i["column_names"]) for i in inspector.get_indexes(table)),
+        }
+        for table in inspector.get_table_names()
+        if table != "alembic_version"
+    }
+    engine.dispose()
+    return described
+
+
+def execute(database: Path | str, sql: str, *rows: dict) -> None:
+    engine = sa.create_engine(database_url(database), poolclass=sa.NullPool)
+    with engine.begin() as connection:
+        connection.execute(sa.text(sql), list(rows) or None)
+    engine.dispose()
+
+
+def test_each_revision_upgrades_in_place_on_both_engines(new_registry_database):
+    database = new_registry_database()
+    upgrade_schema(database_url(database), "0001")
+    execute(
+        database,
+        "INSERT INTO models VALUES (:name, 1, '/src.gguf', 1, 'abc', '/a', 't', 2048, '{}', 1)",
+        {"name": "old-chat"},
+    )
+    execute(
+        database,
+        "INSERT INTO servings (name, model, system_prompt, default_sampling, rag_collection,"
+        " created_at_unix_ms) VALUES ('legacy', 'old-chat', 'Be brief.', '{}', 'docs', :t)",
+        {"t": 1_700_000_000_000},
+    )
+    upgrade_schema(database_url(database), "0002")
+    execute(
+        database,
+        "INSERT INTO api_keys VALUES ('key_old', 1, 'ops', :digest, 2, 0, 0)",
+        {"digest": hash_secret("sk-llms-old")},
+    )
+
+    store = RegistryStore(database)
+    assert store.get_model("old-chat").graph is GraphKind.OPTIMUM
+    serving = store.get_serving(1)
+    assert (serving.name, serving.system_prompt, serving.rag_collection) == (
+        "legacy",
+        "Be brief.",
+        "docs",
+    )
+    assert (serving.moderation, serving.limits) == (ModerationPolicy(), Limits())
+    assert store.verify_key("sk-llms-old").id == "key_old"
+    # The identity of servings goes on after the rows inserted by older releases.
+    assert store.add_serving(ServingRecord(id=0, name="new", model="old-chat")).id == 2
+    # 64-bit Unix milliseconds fit (PostgreSQL's INTEGER would not hold them).
+    store.record_usage([replace(USAGE, created_at_unix_ms=4_102_444_800_000)])
+    assert store.query_usage(UsageQuery()).records[0].created_at_unix_ms == 4_102_444_800_000
+    store.close()
+
+    fresh = new_registry_database()
+    RegistryStore(fresh).close()
+    assert inspected(database) == inspected(fresh)
+    # The store's own view of the tables (services/registry/tables.py) is the migrations' head.
+    assert {t: [c[0] for c in d["columns"]] for t, d in inspected(fresh).items()} == {
+        t.name: [c.name for c in t.columns] for t in metadata.sorted_tables
+    }
+
+
+def test_a_failed_upgrade_changes_nothing_on_both_engines(new_registry_database):
+    database = new_registry_database()
+    upgrade_schema(database_url(database), "0001")
+    execute(
+        database,
+        "INSERT INTO models VALUES ('m', 1, '/src.gguf', 1, 'abc', '/a', 't', 2048, '{}', 1)",
+    )
+    # A stray table that revision 0002 wants to create makes it fail halfway through.
+    execute(database, "CREATE TABLE usage (anything TEXT)")
+    before = inspected(database)
+
+    with pytest.raises(sa.exc.DBAPIError, match="already exists"):
+        RegistryStore(database)
+
+    assert inspected(database) == before
+    engine = sa.create_engine(database_url(database), poolclass=sa.NullPool)
+    with engine.connect() as connection:
+        assert connection.execute(sa.text("SELECT version_num FROM alembic_version")).all() == [
+            ("0001",)
+        ]
+        assert connection.execute(sa.text("SELECT name FROM models")).all() == [("m",)]
+    engine.dispose()

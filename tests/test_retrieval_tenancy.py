@@ -4,10 +4,12 @@ uploaded files, including data written before tenancy existed."""
 from __future__ import annotations
 
 import sqlite3
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from services.common.errors import InvalidArgument, NotFound
+from services.retrieval.database_files import DatabaseFileStore
 from services.retrieval.domain import check_collection_name, split_store_name, store_name
 from services.retrieval.files import FileStore
 
@@ -25,8 +27,16 @@ def test_the_tenant_separator_is_not_a_valid_collection_name():
     assert store_name(0, "handbook") == "handbook"  # collections made before tenancy
 
 
-def test_files_belong_to_their_tenant(tmp_path):
-    files = FileStore(tmp_path)
+@pytest.fixture(params=["disk", "postgresql"])
+def file_store(request, tmp_path) -> FileStore | DatabaseFileStore:
+    """Uploaded files on local disk (the default), or in PostgreSQL (RETRIEVAL_DATABASE_URL)."""
+    if request.param == "disk":
+        return FileStore(tmp_path)
+    return DatabaseFileStore(request.getfixturevalue("postgres").create_database())
+
+
+def test_files_belong_to_their_tenant(file_store):
+    files = file_store
     mine = files.add(1, "a.txt", b"tenant one", "assistants")
     theirs = files.add(2, "b.txt", b"tenant two", "assistants")
     assert [f.id for f in files.list(1)] == [mine.id]
@@ -36,7 +46,26 @@ def test_files_belong_to_their_tenant(tmp_path):
         with pytest.raises(NotFound):
             attempt()
     assert files.get(1, mine.id)[0] == mine
+    files.delete(1, mine.id)
+    assert [f.id for f in files.list(None)] == [theirs.id]
     files.close()
+
+
+def test_replicas_on_one_database_share_uploaded_files(postgres):
+    """Two retrieval replicas (stores opened at once on a new database): a file one accepted
+    the other reads, lists and deletes."""
+    database = postgres.create_database()
+    with ThreadPoolExecutor(2) as pool:
+        one, other = pool.map(DatabaseFileStore, [database, database])
+    content = "한국어 본문".encode() + bytes(range(256))
+    stored = one.add(3, "doc.txt", content, "assistants")
+    assert other.get(3, stored.id) == (stored, content)
+    assert other.list(3) == [stored]
+    other.delete(3, stored.id)
+    with pytest.raises(NotFound):
+        one.get(3, stored.id)
+    one.close()
+    other.close()
 
 
 def test_files_uploaded_before_tenancy_join_the_shared_namespace(tmp_path):

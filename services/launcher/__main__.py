@@ -7,10 +7,11 @@ SIGHUP (its terminal closing) stops them in reverse order, and so does any error
 launcher. Ports come from the services' own settings: REGISTRY_PORT,
 GENERATION_PORT, EMBEDDING_PORT, RETRIEVAL_PORT, EDGE_PORT.
 
-With GENERATION_REPLICAS or EDGE_REPLICAS above 1 (or ENVOY_ENABLED=true) it starts the
-topology of docker-compose.yml instead: Envoy takes EDGE_PORT (OpenAI API) and
+With GENERATION_REPLICAS, EDGE_REPLICAS or REGISTRY_REPLICAS above 1 (or ENVOY_ENABLED=true)
+it starts the topology of docker-compose.yml instead: Envoy takes EDGE_PORT (OpenAI API) and
 ENVOY_GRPC_PORT (internal gRPC), the replicas listen on free loopback ports behind it, and
-the edges reach the services through Envoy.
+the edges reach the services through Envoy. Registry replicas share REGISTRY_DATABASE_URL
+(PostgreSQL); the first starts alone, as it may import the default models.
 """
 
 from __future__ import annotations
@@ -154,29 +155,32 @@ def admin_token(path: Path) -> str:
 class Topology:
     """Where each service listens, and where its callers reach it."""
 
-    registry: str
+    registries: list[str]
     generation: list[str]
     embedding: str
     retrieval: str
     edges: list[str]
-    # What the edges dial for generation, embedding and retrieval (Envoy's gRPC front when
-    # there is one).
+    # What the callers dial for each service (Envoy's gRPC front when there is one; the
+    # registry's own address when it runs alone).
+    registry_front: str
     generation_front: str
     embedding_front: str
     retrieval_front: str
+
+
+def listen(prefix: str, address: str) -> dict[str, str]:
+    """The environment that makes a service listen on `address` (HOST:PORT)."""
+    host, port = address.rsplit(":", 1)
+    return {f"{prefix}_HOST": host, f"{prefix}_PORT": port}
 
 
 def services_for(topology: Topology, edge_admin_token: str) -> list[list[Service]]:
     """The stack's services in start order; each group starts together."""
     generation = GenerationSettings()
     embedding = EmbeddingSettings()
-    registry = topology.registry
+    registry = topology.registry_front
     # Behind Envoy, replicas are numbered (generation-1, ...) even when there is one.
     replicas = topology.generation_front not in topology.generation
-
-    def listen(prefix: str, address: str) -> dict[str, str]:
-        host, port = address.rsplit(":", 1)
-        return {f"{prefix}_HOST": host, f"{prefix}_PORT": port}
 
     # Every generation replica serves Prometheus metrics, which the edge reads for the
     # console's engine figures (a port set for one replica is kept).
@@ -258,6 +262,25 @@ def services_for(topology: Topology, edge_admin_token: str) -> list[list[Service
     return [[*generations, embedding_service], [retrieval_service], edges]
 
 
+def registry_services(settings: RegistrySettings, replicas: int) -> list[Service]:
+    """One registry on its configured address, or numbered replicas on free loopback ports."""
+    if replicas == 1:
+        addresses = {"registry": f"{settings.host}:{settings.port}"}
+    else:
+        addresses = {f"registry-{i}": f"127.0.0.1:{free_port()}" for i in range(1, replicas + 1)}
+    return [
+        Service(
+            name,
+            python_module("services.registry"),
+            listen("REGISTRY", address),
+            grpc_ready(address),
+            REGISTRY_START_TIMEOUT_S,
+            address=address,
+        )
+        for name, address in addresses.items()
+    ]
+
+
 def direct_topology(registry: str) -> Topology:
     generation = GenerationSettings()
     embedding = EmbeddingSettings()
@@ -267,26 +290,28 @@ def direct_topology(registry: str) -> Topology:
     embedding_addr = f"{embedding.host}:{embedding.port}"
     retrieval_addr = f"{retrieval.host}:{retrieval.port}"
     return Topology(
-        registry=registry,
+        registries=[registry],
         generation=[generation_addr],
         embedding=embedding_addr,
         retrieval=retrieval_addr,
         edges=[f"{edge.host}:{edge.port}"],
+        registry_front=registry,
         generation_front=generation_addr,
         embedding_front=embedding_addr,
         retrieval_front=retrieval_addr,
     )
 
 
-def envoy_topology(registry: str, launcher: LauncherSettings) -> Topology:
+def envoy_topology(registries: list[str], launcher: LauncherSettings) -> Topology:
     """Replicas on free loopback ports; their callers go through Envoy's gRPC listener."""
     front = f"127.0.0.1:{launcher.envoy_grpc_port}"
     return Topology(
-        registry=registry,
+        registries=registries,
         generation=[f"127.0.0.1:{free_port()}" for _ in range(launcher.generation_replicas)],
         embedding=f"127.0.0.1:{free_port()}",
         retrieval=f"127.0.0.1:{free_port()}",
         edges=[f"127.0.0.1:{free_port()}" for _ in range(launcher.edge_replicas)],
+        registry_front=front if len(registries) > 1 else registries[0],
         generation_front=front,
         embedding_front=front,
         retrieval_front=front,
@@ -302,7 +327,7 @@ def envoy_service(topology: Topology, launcher: LauncherSettings, config_dir: Pa
         grpc_port=launcher.envoy_grpc_port,
         admin_port=launcher.envoy_admin_port,
         upstreams={
-            "registry": [topology.registry],
+            "registry": topology.registries,
             "generation": topology.generation,
             "embedding": [topology.embedding],
             "retrieval": [topology.retrieval],
@@ -322,7 +347,7 @@ def envoy_service(topology: Topology, launcher: LauncherSettings, config_dir: Pa
 
 def all_hosts_healthy(topology: Topology, admin_port: int) -> Callable[[], bool]:
     expected = {
-        "registry": 1,
+        "registry": len(topology.registries),
         "generation": len(topology.generation),
         "embedding": 1,
         "retrieval": 1,
@@ -347,7 +372,6 @@ def main() -> None:
     registry = RegistrySettings()
     launcher = LauncherSettings()
     edge = EdgeSettings()
-    registry_addr = f"{registry.host}:{registry.port}"
     token_path = admin_token_path(registry.dev_key_path)
     edge_admin_token = (
         edge.admin_token.get_secret_value() if edge.admin_token else admin_token(token_path)
@@ -360,23 +384,20 @@ def main() -> None:
         signal.signal(sig, lambda *_: stack.stopping.set())
     with tempfile.TemporaryDirectory(prefix="llmserve-launcher-") as config_dir:
         try:
-            stack.start(
-                Service(
-                    "registry",
-                    python_module("services.registry"),
-                    {},
-                    grpc_ready(registry_addr),
-                    REGISTRY_START_TIMEOUT_S,
-                )
-            )
+            first, *others = registry_services(registry, launcher.registry_replicas)
+            # The first may import the default models (minutes); the others then find them.
+            stack.start(first)
+            if others:
+                stack.start(*others)
+            registries = [service.address for service in (first, *others)]
             front = None
             if launcher.behind_envoy:
-                topology = envoy_topology(registry_addr, launcher)
+                topology = envoy_topology(registries, launcher)
                 # Envoy first, as in compose: callers reach the services through it.
                 front = envoy_service(topology, launcher, Path(config_dir))
                 stack.start(front)
             else:
-                topology = direct_topology(registry_addr)
+                topology = direct_topology(registries[0])
             for group in services_for(topology, edge_admin_token):
                 stack.start(*group)
             if front is not None:
@@ -387,10 +408,11 @@ def main() -> None:
                 )
                 logger.info(
                     "gRPC at %s:%d through Envoy; Envoy admin at http://127.0.0.1:%d; "
-                    "%d generation and %d edge replicas",
+                    "%d registry, %d generation and %d edge replicas",
                     edge.host,
                     launcher.envoy_grpc_port,
                     launcher.envoy_admin_port,
+                    len(topology.registries),
                     len(topology.generation),
                     len(topology.edges),
                 )

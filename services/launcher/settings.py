@@ -18,6 +18,8 @@ class LauncherSettings(BaseSettings):
 
     generation_replicas: int = Field(1, ge=1)
     edge_replicas: int = Field(1, ge=1)
+    # Registry replicas share one database: give them REGISTRY_DATABASE_URL (PostgreSQL).
+    registry_replicas: int = Field(1, ge=1)
     # Envoy is started whenever a service has more than one replica; this forces it for one.
     envoy_enabled: bool = False
     # Envoy's gRPC listener for internal callers; its HTTP listener takes EDGE_PORT.
@@ -31,4 +33,7 @@ class LauncherSettings(BaseSettings):
 
     @property
     def behind_envoy(self) -> bool:
-        return self.envoy_enabled or self.generation_replicas > 1 or self.edge_replicas > 1
+        return (
+            self.envoy_enabled
+            or max(self.generation_replicas, self.edge_replicas, self.registry_replicas) > 1
+        )

@@ -45,12 +45,13 @@ def main() -> None:
     settings = RegistrySettings()
     setup_logging(settings.log_level, "registry")
     setup_tracing(TracingSettings(), "registry")
-    store = RegistryStore(settings.db_path)
+    store = RegistryStore(settings.database)
     importer = ModelImporter(settings.cache_dir)
     try:
         if settings.bootstrap_defaults:
             with progress_bar("default model") as progress:
-                ensure_defaults(store, importer, progress, settings.dev_key_path)
+                dev_key_path = settings.dev_key_path if settings.issue_dev_key else None
+                ensure_defaults(store, importer, progress, dev_key_path)
         asyncio.run(serve(settings, store, importer))
     except ServiceError as error:
         raise SystemExit(f"error: {error.message}") from None

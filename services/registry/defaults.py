@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
-from services.common.errors import NotFound, Unauthenticated
+from services.common.errors import AlreadyExists, NotFound, Unauthenticated
 from services.common.local import write_secret_file
 from services.common.records import ModelKind, ServingRecord
 from services.registry.exporter import Progress
@@ -38,31 +39,43 @@ def minilm_checkpoint() -> Path:
 
 
 def ensure_defaults(
-    store: RegistryStore, importer: ModelImporter, progress: Progress, dev_key_path: Path
+    store: RegistryStore, importer: ModelImporter, progress: Progress, dev_key_path: Path | None
 ) -> None:
-    """Imports the default chat and embedding models, gives the chat model a serving and a
-    development key, unless already there."""
+    """Imports the default chat and embedding models, gives the chat model a serving and (with
+    a `dev_key_path`) a development key, unless already there.
+
+    Replicas sharing one database may run this at once: a model the other replica recorded
+    first is kept (both exports are the same, keyed by the source's hash), and the serving is
+    created atomically, so there is one of each."""
+    _ensure_model(store, importer, progress, DEFAULT_CHAT_MODEL, ModelKind.CHAT, smollm2_gguf)
+    serving = store.serving_for_model(
+        ServingRecord(id=0, name=DEFAULT_CHAT_MODEL, model=DEFAULT_CHAT_MODEL)
+    )
+    _ensure_model(
+        store, importer, progress, DEFAULT_EMBEDDING_MODEL, ModelKind.EMBEDDING, minilm_checkpoint
+    )
+    if dev_key_path is not None:
+        ensure_dev_key(store, serving.id, dev_key_path)
+
+
+def _ensure_model(
+    store: RegistryStore,
+    importer: ModelImporter,
+    progress: Progress,
+    name: str,
+    kind: ModelKind,
+    source: Callable[[], Path],
+) -> None:
     try:
-        store.get_model(DEFAULT_CHAT_MODEL)
+        store.get_model(name)
+        return
     except NotFound:
-        logger.info("importing default chat model %s", DEFAULT_CHAT_MODEL)
-        record = importer.import_model(DEFAULT_CHAT_MODEL, ModelKind.CHAT, smollm2_gguf(), progress)
-        store.add_model(record)
-    serving = next((s for s in store.list_servings() if s.model == DEFAULT_CHAT_MODEL), None)
-    if serving is None:
-        serving = store.add_serving(
-            ServingRecord(id=0, name=DEFAULT_CHAT_MODEL, model=DEFAULT_CHAT_MODEL)
-        )
-        logger.info("created serving %d for %s", serving.id, DEFAULT_CHAT_MODEL)
+        pass
+    logger.info("importing default model %s", name)
     try:
-        store.get_model(DEFAULT_EMBEDDING_MODEL)
-    except NotFound:
-        logger.info("importing default embedding model %s", DEFAULT_EMBEDDING_MODEL)
-        record = importer.import_model(
-            DEFAULT_EMBEDDING_MODEL, ModelKind.EMBEDDING, minilm_checkpoint(), progress
-        )
-        store.add_model(record)
-    ensure_dev_key(store, serving.id, dev_key_path)
+        store.add_model(importer.import_model(name, kind, source(), progress))
+    except AlreadyExists:
+        logger.info("another registry recorded %s first", name)
 
 
 def ensure_dev_key(store: RegistryStore, serving_id: int, path: Path) -> None:

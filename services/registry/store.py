@@ -1,6 +1,11 @@
-"""SQLite persistence of the registry. Every write commits (WAL, synchronous=FULL) before returning.
+"""The registry's persistence (models, servings, API keys, usage) on SQLite or PostgreSQL, one
+code path over SQLAlchemy Core (services/registry/database.py picks the engine). Every write
+commits before returning: acknowledged means committed.
 
-Opening a database upgrades its schema in place (services/registry/migrations).
+Several processes may share one database (registry replicas on PostgreSQL, the CLI beside a
+server on SQLite): every write is one statement or one transaction that stays correct when
+another process writes at the same time, and opening a database upgrades its schema in place
+(services/registry/migrations), once, whoever opens it first.
 
 Blocking: callers on an event loop run these methods in a worker thread.
 """
@@ -12,15 +17,23 @@ import hashlib
 import hmac
 import json
 import secrets
-import sqlite3
-import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
+from services.common.database import database_url
 from services.common.domain import SamplingParams, now_ms
-from services.common.errors import AlreadyExists, FailedPrecondition, NotFound, Unauthenticated
+from services.common.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    NotFound,
+    Unauthenticated,
+    Unavailable,
+)
 from services.common.records import (
     ApiKeyRecord,
     EndpointUsage,
@@ -38,40 +51,16 @@ from services.common.records import (
     UsageSummary,
     UserUsage,
 )
+from services.registry.database import create_engine
 from services.registry.migrations import upgrade_schema
+from services.registry.tables import api_keys, models, servings, usage
 
 # Secrets look like OpenAI keys; the prefix lets scanners recognise leaked ones.
 SECRET_PREFIX = "sk-llms-"
 # Random characters of a secret kept in clear to tell keys apart (of 43: 24 bits of 256).
 SECRET_PREFIX_SHOWN = 4
-_MODEL_COLUMNS = (
-    "name",
-    "kind",
-    "source",
-    "source_format",
-    "source_sha256",
-    "artifact_dir",
-    "chat_template",
-    "context_length",
-    "default_sampling",
-    "created_at_unix_ms",
-    "graph",
-)
-_USAGE_COLUMNS = (
-    "request_id",
-    "created_at_unix_ms",
-    "serving_id",
-    "model",
-    "api_key_id",
-    "user_id",
-    "prompt_tokens",
-    "completion_tokens",
-    "latency_ms",
-    "ttft_ms",
-    "status",
-    "blocked",
-    "endpoint",
-)
+# INSERT ... ON CONFLICT DO NOTHING, spelled by each dialect's own insert().
+_INSERTS = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 
 
 def hash_secret(secret: str) -> str:
@@ -79,132 +68,138 @@ def hash_secret(secret: str) -> str:
 
 
 class RegistryStore:
-    def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        # Before the store's own connection exists: a failed upgrade leaves nothing open.
-        upgrade_schema(sa.URL.create("sqlite", database=str(path)))
-        # One connection guarded by a lock: writes are tiny and rare next to inference.
-        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._conn.row_factory = sqlite3.Row
-        self._lock = threading.Lock()
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.execute("PRAGMA foreign_keys=ON")
+    def __init__(self, database: Path | str | sa.URL):
+        """`database`: a SQLite file path, or a URL (sqlite:///..., postgresql://...)."""
+        url = database_url(database)
+        # Before the store's own engine exists: a failed upgrade leaves nothing open.
+        upgrade_schema(url)
+        self._engine = create_engine(url)
+        self._insert = _INSERTS[self._engine.dialect.name]
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        self._engine.dispose()
 
-    def _write(self, sql: str, args: tuple) -> sqlite3.Cursor:
-        return self._write_many(sql, [args])
+    @contextmanager
+    def _transaction(self) -> Iterator[sa.Connection]:
+        """One transaction, committed on leaving. A database that cannot be reached (or a
+        SQLite file locked past its timeout) is Unavailable: 503 at the edge, and a read that
+        Envoy retries on another replica, rather than an internal error."""
+        try:
+            with self._engine.begin() as connection:
+                yield connection
+        except sa.exc.OperationalError as error:
+            raise Unavailable("The registry's database is unavailable.") from error
 
-    def _write_many(self, sql: str, rows: list[tuple]) -> sqlite3.Cursor:
-        """One transaction; committed (and fsynced) before it returns."""
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                if len(rows) == 1:
-                    cursor = self._conn.execute(sql, rows[0])
-                else:
-                    cursor = self._conn.executemany(sql, rows)
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
-            return cursor
+    def _write(self, statement: sa.Executable, rows: list[dict] | None = None) -> sa.CursorResult:
+        """Committed before it returns."""
+        with self._transaction() as connection:
+            return connection.execute(statement, rows)
 
-    def _read(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._conn.execute(sql, args).fetchall()
+    def _read(self, statement: sa.Executable) -> list[sa.Row]:
+        with self._transaction() as connection:
+            return connection.execute(statement).all()
 
     # Models
 
     def add_model(self, model: ModelRecord) -> ModelRecord:
         model = _with_created(model)
         try:
-            self._write(
-                f"INSERT INTO models ({','.join(_MODEL_COLUMNS)})"
-                f" VALUES ({','.join('?' * len(_MODEL_COLUMNS))})",
-                (
-                    model.name,
-                    int(model.kind),
-                    model.source,
-                    int(model.source_format),
-                    model.source_sha256,
-                    model.artifact_dir,
-                    model.chat_template,
-                    model.context_length,
-                    json.dumps(model.default_sampling.to_dict()),
-                    model.created_at_unix_ms,
-                    int(model.graph),
-                ),
-            )
-        except sqlite3.IntegrityError as error:
+            self._write(models.insert().values(_model_values(model)))
+        except sa.exc.IntegrityError as error:
             raise _name_taken(model.name) from error
         return model
 
     def check_model_name_free(self, name: str) -> None:
         """Before an import's minutes of export: a taken name fails at once (add_model still
         guards the race with another import of the same name)."""
-        if self._read("SELECT 1 FROM models WHERE name = ?", (name,)):
+        if self._read(sa.select(models.c.name).where(models.c.name == name)):
             raise _name_taken(name)
 
     def get_model(self, name: str) -> ModelRecord:
-        rows = self._read("SELECT * FROM models WHERE name = ?", (name,))
+        rows = self._read(models.select().where(models.c.name == name))
         if not rows:
             raise NotFound(f"The model `{name}` does not exist.", code="model_not_found")
         return _model_from_row(rows[0])
 
     def list_models(self, kind: ModelKind | None = None) -> list[ModelRecord]:
-        if kind is None:
-            rows = self._read("SELECT * FROM models ORDER BY name")
-        else:
-            rows = self._read("SELECT * FROM models WHERE kind = ? ORDER BY name", (int(kind),))
-        return [_model_from_row(row) for row in rows]
+        query = models.select().order_by(models.c.name)
+        if kind is not None:
+            query = query.where(models.c.kind == int(kind))
+        return [_model_from_row(row) for row in self._read(query)]
 
     def delete_model(self, name: str) -> None:
-        users = self._read("SELECT id FROM servings WHERE model = ?", (name,))
-        if users:
-            ids = ", ".join(str(row["id"]) for row in users)
-            raise FailedPrecondition(f"The model `{name}` is used by servings {ids}.")
-        if self._write("DELETE FROM models WHERE name = ?", (name,)).rowcount == 0:
+        try:
+            deleted = self._write(models.delete().where(models.c.name == name)).rowcount
+        except sa.exc.IntegrityError as error:
+            # The foreign key from servings decides, so a serving created meanwhile counts too.
+            users = self._read(servings.select().where(servings.c.model == name))
+            ids = ", ".join(str(row.id) for row in users)
+            raise FailedPrecondition(f"The model `{name}` is used by servings {ids}.") from error
+        if deleted == 0:
             raise NotFound(f"The model `{name}` does not exist.", code="model_not_found")
 
     # Servings
 
     def add_serving(self, serving: ServingRecord) -> ServingRecord:
-        self.get_model(serving.model)
         serving = _with_created(serving)
-        cursor = self._write(
-            "INSERT INTO servings (name, model, system_prompt, default_sampling, rag_collection,"
-            " moderation, limits, created_at_unix_ms) VALUES (?,?,?,?,?,?,?,?)",
-            (*_serving_settings(serving), serving.created_at_unix_ms),
-        )
-        return self.get_serving(cursor.lastrowid)
+        values = {**_serving_settings(serving), "created_at_unix_ms": serving.created_at_unix_ms}
+        try:
+            result = self._write(servings.insert().values(values))
+        except sa.exc.IntegrityError as error:
+            raise _model_not_found(serving.model) from error
+        return self.get_serving(result.inserted_primary_key[0])
+
+    def serving_for_model(self, serving: ServingRecord) -> ServingRecord:
+        """The lowest-numbered serving of `serving.model`, created as `serving` if it has none.
+
+        Atomic, so replicas bootstrapping one database at once make one serving: the model's row
+        is locked first (FOR UPDATE on PostgreSQL; SQLite's BEGIN IMMEDIATE locks everything)."""
+        serving = _with_created(serving)
+        with self._transaction() as connection:
+            locked = connection.execute(
+                sa.select(models.c.name).where(models.c.name == serving.model).with_for_update()
+            ).all()
+            if not locked:
+                raise _model_not_found(serving.model)
+            existing = connection.execute(
+                sa.select(servings.c.id)
+                .where(servings.c.model == serving.model)
+                .order_by(servings.c.id)
+                .limit(1)
+            ).scalar()
+            if existing is None:
+                values = {
+                    **_serving_settings(serving),
+                    "created_at_unix_ms": serving.created_at_unix_ms,
+                }
+                result = connection.execute(servings.insert().values(values))
+                existing = result.inserted_primary_key[0]
+        return self.get_serving(existing)
 
     def update_serving(self, serving: ServingRecord) -> ServingRecord:
-        self.get_model(serving.model)
-        cursor = self._write(
-            "UPDATE servings SET name=?, model=?, system_prompt=?, default_sampling=?,"
-            " rag_collection=?, moderation=?, limits=? WHERE id=?",
-            (*_serving_settings(serving), serving.id),
-        )
-        if cursor.rowcount == 0:
+        try:
+            result = self._write(
+                servings.update()
+                .where(servings.c.id == serving.id)
+                .values(_serving_settings(serving))
+            )
+        except sa.exc.IntegrityError as error:
+            raise _model_not_found(serving.model) from error
+        if result.rowcount == 0:
             raise NotFound(f"The serving {serving.id} does not exist.", code="serving_not_found")
         return self.get_serving(serving.id)
 
     def get_serving(self, serving_id: int) -> ServingRecord:
-        rows = self._read("SELECT * FROM servings WHERE id = ?", (serving_id,))
+        rows = self._read(servings.select().where(servings.c.id == serving_id))
         if not rows:
             raise NotFound(f"The serving {serving_id} does not exist.", code="serving_not_found")
         return _serving_from_row(rows[0])
 
     def list_servings(self) -> list[ServingRecord]:
-        return [_serving_from_row(row) for row in self._read("SELECT * FROM servings ORDER BY id")]
+        return [_serving_from_row(row) for row in self._read(servings.select().order_by("id"))]
 
     def delete_serving(self, serving_id: int) -> None:
-        if self._write("DELETE FROM servings WHERE id = ?", (serving_id,)).rowcount == 0:
+        if self._write(servings.delete().where(servings.c.id == serving_id)).rowcount == 0:
             raise NotFound(f"The serving {serving_id} does not exist.", code="serving_not_found")
 
     # API keys: only a hash of the secret is stored.
@@ -212,7 +207,6 @@ class RegistryStore:
     def create_key(
         self, serving_id: int, name: str = "", expires_at_unix_ms: int = 0
     ) -> tuple[ApiKeyRecord, str]:
-        self.get_serving(serving_id)
         secret = SECRET_PREFIX + secrets.token_urlsafe(32)
         key = ApiKeyRecord(
             id="key_" + secrets.token_hex(8),
@@ -222,48 +216,47 @@ class RegistryStore:
             expires_at_unix_ms=expires_at_unix_ms,
             secret_prefix=secret[: len(SECRET_PREFIX) + SECRET_PREFIX_SHOWN],
         )
-        self._write(
-            "INSERT INTO api_keys (id, serving_id, name, secret_sha256, created_at_unix_ms,"
-            " expires_at_unix_ms, revoked_at_unix_ms, secret_prefix) VALUES (?,?,?,?,?,?,?,?)",
-            (
-                key.id,
-                key.serving_id,
-                key.name,
-                hash_secret(secret),
-                key.created_at_unix_ms,
-                key.expires_at_unix_ms,
-                0,
-                key.secret_prefix,
-            ),
-        )
+        values = dataclasses.asdict(key)
+        del values["last_used_at_unix_ms"]  # from the usage log, never stored
+        try:
+            self._write(api_keys.insert().values(**values, secret_sha256=hash_secret(secret)))
+        except sa.exc.IntegrityError as error:
+            # The foreign key: the serving does not exist (or was deleted meanwhile).
+            raise NotFound(
+                f"The serving {serving_id} does not exist.", code="serving_not_found"
+            ) from error
         return key, secret
 
     def list_keys(self, serving_id: int) -> list[ApiKeyRecord]:
         # Last use from the usage log (index usage_by_key), so a request writes nothing more.
-        rows = self._read(
-            "SELECT k.*, (SELECT MAX(u.created_at_unix_ms) FROM usage u"
-            " WHERE u.api_key_id = k.id) AS last_used_at_unix_ms"
-            " FROM api_keys k WHERE k.serving_id = ? ORDER BY k.created_at_unix_ms DESC",
-            (serving_id,),
+        last_used = (
+            sa.select(sa.func.max(usage.c.created_at_unix_ms))
+            .where(usage.c.api_key_id == api_keys.c.id)
+            .scalar_subquery()
         )
-        return [
-            replace(_key_from_row(row), last_used_at_unix_ms=row["last_used_at_unix_ms"] or 0)
-            for row in rows
-        ]
+        rows = self._read(
+            sa.select(api_keys, last_used.label("last_used_at_unix_ms"))
+            .where(api_keys.c.serving_id == serving_id)
+            .order_by(api_keys.c.created_at_unix_ms.desc())
+        )
+        return [_key_from_row(row) for row in rows]
 
     def revoke_key(self, key_id: str) -> None:
-        cursor = self._write(
-            "UPDATE api_keys SET revoked_at_unix_ms = ? WHERE id = ? AND revoked_at_unix_ms = 0",
-            (now_ms(), key_id),
+        result = self._write(
+            api_keys.update()
+            .where(api_keys.c.id == key_id, api_keys.c.revoked_at_unix_ms == 0)
+            .values(revoked_at_unix_ms=now_ms())
         )
-        if cursor.rowcount == 0 and not self._read("SELECT 1 FROM api_keys WHERE id=?", (key_id,)):
+        if result.rowcount == 0 and not self._read(
+            sa.select(api_keys.c.id).where(api_keys.c.id == key_id)
+        ):
             raise NotFound(f"The API key {key_id} does not exist.")
 
     def verify_key(self, secret: str) -> ApiKeyRecord:
         digest = hash_secret(secret)
-        rows = self._read("SELECT * FROM api_keys WHERE secret_sha256 = ?", (digest,))
+        rows = self._read(api_keys.select().where(api_keys.c.secret_sha256 == digest))
         # The lookup is by hash; compare in constant time anyway.
-        if not rows or not hmac.compare_digest(rows[0]["secret_sha256"], digest):
+        if not rows or not hmac.compare_digest(rows[0].secret_sha256, digest):
             raise Unauthenticated("Incorrect API key provided.", code="invalid_api_key")
         key = _key_from_row(rows[0])
         if not key.usable_at(now_ms()):
@@ -273,83 +266,62 @@ class RegistryStore:
     # Usage
 
     def record_usage(self, records: list[UsageRecord]) -> None:
-        """Appends records in one durable transaction; a replayed request id is ignored."""
+        """Appends records in one durable transaction; a replayed request id is ignored, even
+        when another replica writes the same one at the same time."""
         if not records:
             return
-        placeholders = ",".join("?" * len(_USAGE_COLUMNS))
-        self._write_many(
-            f"INSERT OR IGNORE INTO usage ({','.join(_USAGE_COLUMNS)}) VALUES ({placeholders})",
-            [
-                (
-                    r.request_id,
-                    r.created_at_unix_ms,
-                    r.serving_id,
-                    r.model,
-                    r.api_key_id,
-                    r.user_id,
-                    r.prompt_tokens,
-                    r.completion_tokens,
-                    r.latency_ms,
-                    r.ttft_ms,
-                    int(r.status),
-                    int(r.blocked),
-                    r.endpoint,
-                )
-                for r in records
-            ],
-        )
+        rows = [
+            {
+                **dataclasses.asdict(r),
+                "status": int(r.status),
+                "blocked": int(r.blocked),
+            }
+            for r in records
+        ]
+        self._write(self._insert(usage).on_conflict_do_nothing(), rows)
 
     def query_usage(self, query: UsageQuery) -> UsageSummary:
-        clauses, args = [], []
-        for column, value in (
-            ("serving_id", query.serving_id),
-            ("api_key_id", query.api_key_id),
-            ("user_id", query.user_id),
-            ("endpoint", query.endpoint),
-        ):
-            if value:
-                clauses.append(f"{column} = ?")
-                args.append(value)
-        if query.since_unix_ms:
-            clauses.append("created_at_unix_ms >= ?")
-            args.append(query.since_unix_ms)
-        if query.until_unix_ms:
-            clauses.append("created_at_unix_ms < ?")
-            args.append(query.until_unix_ms)
-        if query.status is not None:
-            clauses.append("status = ?")
-            args.append(int(query.status))
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        sums = "COUNT(*), SUM(prompt_tokens), SUM(completion_tokens)"
-        by_endpoint = [
-            EndpointUsage(*row)
-            for row in self._read(
-                f"SELECT endpoint, {sums} FROM usage {where} GROUP BY endpoint ORDER BY endpoint",
-                tuple(args),
+        where = [
+            getattr(usage.c, column) == value
+            for column, value in (
+                ("serving_id", query.serving_id),
+                ("api_key_id", query.api_key_id),
+                ("user_id", query.user_id),
+                ("endpoint", query.endpoint),
             )
+            if value
         ]
+        if query.since_unix_ms:
+            where.append(usage.c.created_at_unix_ms >= query.since_unix_ms)
+        if query.until_unix_ms:
+            where.append(usage.c.created_at_unix_ms < query.until_unix_ms)
+        if query.status is not None:
+            where.append(usage.c.status == int(query.status))
+        sums = (
+            sa.func.count(),
+            sa.func.sum(usage.c.prompt_tokens),
+            sa.func.sum(usage.c.completion_tokens),
+        )
+
+        def totals(kind, key, order, limit=None) -> list:
+            rows = self._read(
+                sa.select(key, *sums).where(*where).group_by(key).order_by(*order).limit(limit)
+            )
+            return [kind(row[0], *map(int, row[1:])) for row in rows]
+
+        by_endpoint = totals(EndpointUsage, usage.c.endpoint, [usage.c.endpoint])
         by_time = []
         if query.bucket_ms:
-            # The newest buckets, put back in time order.
-            by_time = [
-                TimeUsage(*row)
-                for row in self._read(
-                    f"SELECT (created_at_unix_ms / ?) * ? AS bucket, {sums} FROM usage {where}"
-                    " GROUP BY bucket ORDER BY bucket DESC LIMIT 1000",
-                    (query.bucket_ms, query.bucket_ms, *args),
-                )
-            ][::-1]
-        by_user = [
-            UserUsage(*row)
-            for row in self._read(
-                f"SELECT user_id, {sums} FROM usage {where}"
-                " GROUP BY user_id ORDER BY COUNT(*) DESC, user_id LIMIT 100",
-                tuple(args),
-            )
-        ]
+            # Floor division (`//`) on both engines; the newest buckets, back in time order.
+            width = query.bucket_ms
+            start = (usage.c.created_at_unix_ms // width * width).label("bucket")
+            by_time = totals(TimeUsage, start, [start.desc()], 1000)[::-1]
+        by_user = totals(UserUsage, usage.c.user_id, [sa.func.count().desc(), usage.c.user_id], 100)
         rows = self._read(
-            f"SELECT * FROM usage {where} ORDER BY created_at_unix_ms DESC LIMIT ?",
-            (*args, query.limit or 100),
+            usage.select()
+            .where(*where)
+            .order_by(usage.c.created_at_unix_ms.desc())
+            .limit(query.limit or 100)
         )
         # The routes partition the matches, so their totals add up to the overall ones.
         return UsageSummary(
@@ -373,63 +345,67 @@ def _with_created(record):
     return replace(record, created_at_unix_ms=now_ms())
 
 
-def _model_from_row(row: sqlite3.Row) -> ModelRecord:
+def _model_not_found(name: str) -> NotFound:
+    return NotFound(f"The model `{name}` does not exist.", code="model_not_found")
+
+
+def _model_values(model: ModelRecord) -> dict:
+    return {
+        **dataclasses.asdict(model),
+        "kind": int(model.kind),
+        "source_format": int(model.source_format),
+        "default_sampling": json.dumps(model.default_sampling.to_dict()),
+        "graph": int(model.graph),
+    }
+
+
+def _model_from_row(row: sa.Row) -> ModelRecord:
+    values = dict(row._mapping)
     return ModelRecord(
-        name=row["name"],
-        kind=ModelKind(row["kind"]),
-        source=row["source"],
-        source_format=SourceFormat(row["source_format"]),
-        source_sha256=row["source_sha256"],
-        artifact_dir=row["artifact_dir"],
-        chat_template=row["chat_template"],
-        context_length=row["context_length"],
-        default_sampling=SamplingParams.from_dict(json.loads(row["default_sampling"])),
-        created_at_unix_ms=row["created_at_unix_ms"],
-        graph=GraphKind(row["graph"]),
+        **values
+        | {
+            "kind": ModelKind(values["kind"]),
+            "source_format": SourceFormat(values["source_format"]),
+            "default_sampling": SamplingParams.from_dict(json.loads(values["default_sampling"])),
+            "graph": GraphKind(values["graph"]),
+        }
     )
 
 
-def _serving_settings(serving: ServingRecord) -> tuple:
-    """Column values of a serving's settings, in schema order (name .. limits)."""
-    return (
-        serving.name,
-        serving.model,
-        serving.system_prompt,
-        json.dumps(serving.default_sampling.to_dict()),
-        serving.rag_collection,
-        json.dumps(serving.moderation.to_dict()),
-        json.dumps(dataclasses.asdict(serving.limits)),
+def _serving_settings(serving: ServingRecord) -> dict:
+    """Column values of a serving's settings: all but its id and creation time."""
+    return {
+        "name": serving.name,
+        "model": serving.model,
+        "system_prompt": serving.system_prompt,
+        "default_sampling": json.dumps(serving.default_sampling.to_dict()),
+        "rag_collection": serving.rag_collection,
+        "moderation": json.dumps(serving.moderation.to_dict()),
+        "limits": json.dumps(dataclasses.asdict(serving.limits)),
+    }
+
+
+def _serving_from_row(row: sa.Row) -> ServingRecord:
+    values = dict(row._mapping)
+    return ServingRecord(
+        **values
+        | {
+            "default_sampling": SamplingParams.from_dict(json.loads(values["default_sampling"])),
+            "moderation": ModerationPolicy.from_dict(json.loads(values["moderation"])),
+            "limits": Limits(**json.loads(values["limits"])),
+        }
     )
 
 
-def _key_from_row(row: sqlite3.Row) -> ApiKeyRecord:
-    return ApiKeyRecord(
-        id=row["id"],
-        serving_id=row["serving_id"],
-        name=row["name"],
-        created_at_unix_ms=row["created_at_unix_ms"],
-        expires_at_unix_ms=row["expires_at_unix_ms"],
-        revoked_at_unix_ms=row["revoked_at_unix_ms"],
-        secret_prefix=row["secret_prefix"],
-    )
+def _key_from_row(row: sa.Row) -> ApiKeyRecord:
+    values = dict(row._mapping)
+    del values["secret_sha256"]
+    values["last_used_at_unix_ms"] = values.get("last_used_at_unix_ms") or 0
+    return ApiKeyRecord(**values)
 
 
-def _usage_from_row(row: sqlite3.Row) -> UsageRecord:
-    values = {column: row[column] for column in _USAGE_COLUMNS}
+def _usage_from_row(row: sa.Row) -> UsageRecord:
+    values = dict(row._mapping)
     values["status"] = UsageStatus(values["status"])
     values["blocked"] = bool(values["blocked"])
     return UsageRecord(**values)
-
-
-def _serving_from_row(row: sqlite3.Row) -> ServingRecord:
-    return ServingRecord(
-        id=row["id"],
-        name=row["name"],
-        model=row["model"],
-        system_prompt=row["system_prompt"],
-        default_sampling=SamplingParams.from_dict(json.loads(row["default_sampling"])),
-        rag_collection=row["rag_collection"],
-        created_at_unix_ms=row["created_at_unix_ms"],
-        moderation=ModerationPolicy.from_dict(json.loads(row["moderation"])),
-        limits=Limits(**json.loads(row["limits"])),
-    )

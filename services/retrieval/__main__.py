@@ -11,6 +11,7 @@ from services.common.logs import setup_logging
 from services.common.rpc import serve_until_signalled
 from services.common.tracing import TracingSettings, setup_tracing
 from services.retrieval.core import RetrievalCore, RetrievalDefaults
+from services.retrieval.database_files import DatabaseFileStore
 from services.retrieval.domain import ChunkSettings
 from services.retrieval.files import FileStore
 from services.retrieval.servicer import RetrievalServicer
@@ -45,9 +46,15 @@ def defaults_of(settings: RetrievalSettings) -> RetrievalDefaults:
     )
 
 
+def open_files(settings: RetrievalSettings) -> FileStore | DatabaseFileStore:
+    if settings.database_url.get_secret_value():
+        return DatabaseFileStore(settings.database_url.get_secret_value())
+    return FileStore(settings.data_dir)
+
+
 async def serve(settings: RetrievalSettings) -> None:
     store = await asyncio.to_thread(open_store, settings)
-    files = FileStore(settings.data_dir)
+    files = open_files(settings)
     embedding = EmbeddingClient(settings.embedding_addr)
     core = RetrievalCore(store, files, embedding, defaults_of(settings))
 

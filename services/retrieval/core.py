@@ -23,6 +23,7 @@ from services.common.domain import now_ms
 from services.common.embedding_client import EmbeddingClient
 from services.common.errors import InvalidArgument, NotFound
 from services.retrieval.chunking import chunk_text
+from services.retrieval.database_files import DatabaseFileStore
 from services.retrieval.domain import (
     Chunk,
     ChunkSettings,
@@ -87,7 +88,7 @@ class RetrievalCore:
     def __init__(
         self,
         store: VectorStore,
-        files: FileStore,
+        files: FileStore | DatabaseFileStore,
         embedding: EmbeddingClient,
         defaults: RetrievalDefaults = RetrievalDefaults(),
     ):

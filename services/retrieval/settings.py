@@ -17,6 +17,9 @@ class RetrievalSettings(ServiceSettings):
     embedding_model: str = "all-MiniLM-L6-v2"
     # Embedded store and uploaded files live here.
     data_dir: Path = DEFAULT_DATA_DIR / "retrieval"
+    # postgresql://... keeps uploaded files in that database instead, where every replica
+    # reads them (a secret: it may carry the password).
+    database_url: SecretStr = SecretStr("")
     # A Weaviate server (e.g. http://127.0.0.1:8080) replaces the embedded store when set.
     weaviate_url: str = ""
     # Weaviate's gRPC port; 0 means 50051, Weaviate's default.
