@@ -356,6 +356,9 @@ def test_compose_registry_replicas_share_postgresql_and_edges_share_redis():
     assert services["edge"]["environment"]["EDGE_REDIS_URL"].startswith(
         "redis://:${REDIS_PASSWORD:?"
     )
+    # The edge's usage outbox on a named volume: unshipped records outlive the container.
+    data_dir = services["edge"]["environment"]["EDGE_DATA_DIR"]
+    assert f"edge-data:{data_dir}" in services["edge"]["volumes"]
     redis = services["redis"]
     assert "--appendonly" in redis["command"] and "--requirepass" in redis["command"]
     assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
@@ -578,7 +581,6 @@ def test_kubernetes_manifests_render_and_validate_strictly(tmp_path, overlay):
         "generation",
         "embedding",
         "retrieval",
-        "edge",
         "envoy",
     }
     for name, service in PROTO_SERVICES.items():
@@ -594,7 +596,7 @@ def test_kubernetes_manifests_render_and_validate_strictly(tmp_path, overlay):
     for name in ("generation", "embedding", "retrieval", "edge"):
         assert by_kind["Service"][name]["spec"]["clusterIP"] == "None", name
     assert set(by_kind["HorizontalPodAutoscaler"]) == {"generation", "embedding", "registry"}
-    assert set(by_kind["StatefulSet"]) == {"weaviate", "postgres", "redis"}
+    assert set(by_kind["StatefulSet"]) == {"weaviate", "postgres", "redis", "edge"}
     (secret,) = by_kind["Secret"].values()
     assert set(secret["data"]) == set(SECRET_FILES)
     (configmap,) = by_kind["ConfigMap"].values()
@@ -647,11 +649,18 @@ def test_kubernetes_registry_replicas_share_postgresql_and_edges_share_redis(tmp
     assert env_of(registry)["REGISTRY_ISSUE_DEV_KEY"]["value"] == "false"
     # The callers reach the replicas through Envoy.
     for name in ("edge", "generation", "embedding"):
-        caller = env_of(by_kind["Deployment"][name])
+        workloads = by_kind["StatefulSet"] if name == "edge" else by_kind["Deployment"]
+        caller = env_of(workloads[name])
         assert caller[f"{name.upper()}_REGISTRY_ADDR"]["value"] == "envoy:50050"
-    edge = env_of(by_kind["Deployment"]["edge"])
+    edge_set = by_kind["StatefulSet"]["edge"]
+    edge = env_of(edge_set)
     assert secret_ref(edge["REDIS_PASSWORD"]) == "redis-password"
     assert edge["EDGE_REDIS_URL"]["value"] == "redis://:$(REDIS_PASSWORD)@redis:6379/0"
+    # Each edge's usage outbox on a claim of its own, which outlives the pod.
+    (claim,) = edge_set["spec"]["volumeClaimTemplates"]
+    (container,) = edge_set["spec"]["template"]["spec"]["containers"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts[claim["metadata"]["name"]] == edge["EDGE_DATA_DIR"]["value"]
 
     # PostgreSQL and Redis: a persistent volume where they keep data, probes, the Secret.
     for name, data_dir, password_var in (
