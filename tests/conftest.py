@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from services.common.local import isolated_stack_env
+from services.common.local import free_port, isolated_stack_env
 from services.common.local_postgres import LocalPostgres
 from services.common.records import ModelKind, ModelRecord
 from services.common.rpc import GrpcServer, start_server
@@ -344,6 +344,8 @@ def stack(tmp_path_factory, chat_model, embedding_model) -> RunningStack:
     data = tmp_path_factory.mktemp("stack")
     env = {
         **isolated_stack_env(data, "test-admin-token"),
+        # Read directly by tests/test_stack.py; the launcher gives the edge its URL.
+        "GENERATION_METRICS_PORT": str(free_port()),
         # Revocation tests wait this long for the edge's key cache.
         "EDGE_KEY_CACHE_TTL_S": "1",
         "EDGE_CATALOG_TTL_S": "1",
