@@ -11,7 +11,10 @@ import pytest
 
 from services.common.domain import ChatMessage, SamplingParams
 from services.common.errors import InvalidArgument, ResourceExhausted
+from services.common.onnx_runtime import select_providers
+from services.common.records import chat_model_file
 from services.generation.engine import FinishReason, GenerationEngine
+from services.generation.onnx_model import OnnxCausalLM
 from services.generation.sampler import ResolvedSampling
 from services.generation.tokenizer import IncrementalDetokenizer
 
@@ -260,3 +263,11 @@ async def test_a_prompt_prefilled_beside_running_streams_gives_its_own_tokens(lo
             assert firsts[index].token_ids + rest == short_alone
     finally:
         engine.close()
+
+
+def test_spinning_threads_are_a_setting_of_the_session(chat_model):
+    path = Path(chat_model.artifact_dir) / chat_model_file(chat_model.graph, "int4")
+    for spinning, expected in ((False, "0"), (True, "1")):
+        model = OnnxCausalLM(path, select_providers("cpu"), spinning=spinning)
+        options = model.session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == expected

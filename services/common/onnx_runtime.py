@@ -26,12 +26,15 @@ def select_providers(device: str) -> list[str]:
 
 
 def open_session(
-    model_path: Path, providers: list[str], intra_op_threads: int = 0
+    model_path: Path, providers: list[str], intra_op_threads: int = 0, spinning: bool = False
 ) -> ort.InferenceSession:
+    """`spinning`: worker threads spin between a run's operators instead of sleeping, which
+    makes a decode step much faster but steals the cores other processes on the machine need;
+    for a process with cores of its own."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_op_threads
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # Spinning threads steal the cores the other processes need on a busy machine.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    spin = "1" if spinning else "0"
+    options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    options.add_session_config_entry("session.inter_op.allow_spinning", spin)
     return ort.InferenceSession(str(model_path), options, providers=providers)

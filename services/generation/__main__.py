@@ -34,6 +34,7 @@ async def serve(settings: GenerationSettings) -> None:
         weights=settings.weights,
         prefix_cache_bytes=settings.prefix_cache_mb * 2**20,
         kv_context=settings.kv_context,
+        spinning=settings.spin_threads,
     )
     if settings.metrics_port:
         prometheus_client.start_http_server(settings.metrics_port, addr=settings.host)

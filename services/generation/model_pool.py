@@ -142,10 +142,12 @@ class ModelPool:
         weights: str = "fp32",
         prefix_cache_bytes: int = 0,
         kv_context: int = 8192,
+        spinning: bool = False,
     ):
         self._lookup = lookup
         self._providers = providers
         self._intra_op_threads = intra_op_threads
+        self._spinning = spinning
         self._kv_slots = kv_slots
         self._kv_context = kv_context
         self._max_prefill_tokens = max_prefill_tokens
@@ -175,7 +177,7 @@ class ModelPool:
         on_cuda = self._providers[0] == "CUDAExecutionProvider"
         device = "cuda" if on_cuda else "cpu"
         model_path = artifact_dir / chat_model_file(record.graph, self._weights, device)
-        model = OnnxCausalLM(model_path, self._providers, self._intra_op_threads)
+        model = OnnxCausalLM(model_path, self._providers, self._intra_op_threads, self._spinning)
         engine = GenerationEngine(
             model,
             tokenizer,

@@ -28,8 +28,14 @@ _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 class OnnxCausalLM:
     """A decoder with a KV cache [batch, kv_heads, length, head_dim] per layer and key/value."""
 
-    def __init__(self, model_path: Path, providers: list[str], intra_op_threads: int = 0):
-        self.session = open_session(model_path, providers, intra_op_threads)
+    def __init__(
+        self,
+        model_path: Path,
+        providers: list[str],
+        intra_op_threads: int = 0,
+        spinning: bool = False,
+    ):
+        self.session = open_session(model_path, providers, intra_op_threads, spinning)
         self.provider = self.session.get_providers()[0]
         inputs = self.session.get_inputs()
         past = [i for i in inputs if _PAST_INPUT.fullmatch(i.name)]
