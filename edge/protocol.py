@@ -42,6 +42,38 @@ Seed = Annotated[int, Field(ge=-(2**63), le=2**64 - 1)]
 FUNCTION_NAME = r"^[A-Za-z0-9_-]{1,64}$"
 
 
+_TEXTS_OR_TOKEN_IDS = "a string, a list of strings, token ids or a list of token-id lists"
+
+
+def _is_token_ids(value) -> bool:
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(
+            isinstance(t, int) and not isinstance(t, bool) and 0 <= t <= MAX_INT32 for t in value
+        )
+    )
+
+
+def texts_or_token_ids(value, empty_texts: bool) -> list[str] | list[list[int]]:
+    """OpenAI's `prompt` / `input`: a string, strings, token ids or lists of them, as a list
+    of texts or of token-id lists (the model's own vocabulary). Checked by hand: a pydantic
+    union would report errors under each member's name."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items:
+        raise ValueError(f"must be {_TEXTS_OR_TOKEN_IDS}, not empty")
+    if all(isinstance(item, str) and (empty_texts or item) for item in items):
+        return items
+    if _is_token_ids(items):
+        return [items]
+    if all(_is_token_ids(item) for item in items):
+        return items
+    empty = "token-id lists" if empty_texts else "items"
+    raise ValueError(
+        f"must be {_TEXTS_OR_TOKEN_IDS}, with no empty {empty} and ids in 0..{MAX_INT32}"
+    )
+
+
 def lone_surrogate_at(value: Any, path: str = "") -> str | None:
     """Where `value` holds a lone UTF-16 surrogate (JSON lets "\\ud800" through; it is not
     Unicode and cannot be encoded), or None."""
@@ -86,6 +118,10 @@ class OpenAIModel(BaseModel):
 
 class RequestBody(ValidUnicode, OpenAIModel):
     """A whole OpenAI-style request body."""
+
+    def log_ignored_fields(self) -> None:
+        if self.ignored_fields:
+            logger.info("ignoring unsupported request fields: %s", ", ".join(self.ignored_fields))
 
 
 class ContentPart(OpenAIModel):
@@ -368,10 +404,6 @@ class GenerationRequest(RequestBody):
             top_logprobs=top_logprobs,
             ignore_eos=self.ignore_eos,
         )
-
-    def log_ignored_fields(self) -> None:
-        if self.ignored_fields:
-            logger.info("ignoring unsupported request fields: %s", ", ".join(self.ignored_fields))
 
 
 class ChatCompletionRequest(GenerationRequest):

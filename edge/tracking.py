@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import Request
 
-from edge.auth import Caller, caller_of
+from edge.auth import Access, Caller, caller_of
 from edge.errors import status_and_envelope
 from edge.generation_client import Delta
 from edge.limits import Limiter, Permit
@@ -147,4 +147,18 @@ async def track(
         model=model,
         request_id=request_id,
         endpoint=endpoint,
+    )
+
+
+async def track_access(
+    request: Request, endpoint: str, access: Access, request_id: str = ""
+) -> RequestTracker:
+    """track() for a request whose access to a model is resolved: its serving, user and model."""
+    return await track(
+        request,
+        endpoint,
+        serving=access.serving,
+        user_id=access.user_id,
+        model=access.model.name,
+        request_id=request_id,
     )

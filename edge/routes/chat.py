@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -18,12 +17,10 @@ from edge.moderation import Moderator, OutputGuard, TermListModerator
 from edge.protocol import ChatCompletionRequest, usage_dict
 from edge.sse import CONTENT_FILTER, SSE_HEADERS, collect, first_delta, stream_response
 from edge.state import EdgeState
-from edge.tracking import RequestTracker, track
+from edge.tracking import RequestTracker, track_access
 from services.common.domain import ChatMessage, SamplingParams, ToolCall
-from services.common.logs import request_id_var
 from services.common.records import ModelKind, ModerationAction
 
-logger = logging.getLogger(__name__)
 router = APIRouter()
 
 ENDPOINT = "/v1/chat/completions"
@@ -156,15 +153,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request):
     messages = body.to_messages()
     access = await resolve_access(request, body.model, ModelKind.CHAT, body.user)
     completion = _Completion(f"chatcmpl-{uuid.uuid4().hex}", access.model.name)
-    request_id_var.set(completion.id)
-    tracker = await track(
-        request,
-        ENDPOINT,
-        serving=access.serving,
-        user_id=access.user_id,
-        request_id=completion.id,
-        model=access.model.name,
-    )
+    tracker = await track_access(request, ENDPOINT, access, completion.id)
     try:
         messages, sampling = _with_serving_settings(access, messages, body.to_sampling_params())
         moderator = moderator_of(access, state.settings.moderation_default_terms)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -24,32 +23,19 @@ from edge.auth import resolve_access
 from edge.disconnect import cancel_on_disconnect
 from edge.generation_client import Delta
 from edge.moderation import OutputGuard
-from edge.protocol import MAX_INT32, GenerationRequest, usage_dict
+from edge.protocol import GenerationRequest, texts_or_token_ids, usage_dict
 from edge.routes.chat import moderator_of
 from edge.sse import CONTENT_FILTER, SSE_HEADERS, collect, first_delta, stream_response
 from edge.state import EdgeState
-from edge.tracking import RequestTracker, track
-from services.common.logs import request_id_var
+from edge.tracking import RequestTracker, track_access
 from services.common.records import ModelKind
 
-logger = logging.getLogger(__name__)
 router = APIRouter()
 
 ENDPOINT = "/v1/completions"
 # Prompts of one request, and sequences (prompts x n) it may start.
 MAX_PROMPTS = 64
 MAX_CHOICES = 64
-_PROMPT_SHAPES = "a string, a list of strings, token ids or a list of token-id lists"
-
-
-def _is_token_ids(value) -> bool:
-    return (
-        isinstance(value, list)
-        and bool(value)
-        and all(
-            isinstance(t, int) and not isinstance(t, bool) and 0 <= t <= MAX_INT32 for t in value
-        )
-    )
 
 
 class CompletionRequest(GenerationRequest):
@@ -66,18 +52,7 @@ class CompletionRequest(GenerationRequest):
     @field_validator("prompt", mode="before")
     @classmethod
     def _parse_prompt(cls, value):
-        # Checked by hand: a pydantic union would report errors under each member's name.
-        items = [value] if isinstance(value, str) else value
-        if not isinstance(items, list) or not items:
-            raise ValueError(f"must be {_PROMPT_SHAPES}, not empty")
-        if all(isinstance(item, str) for item in items):
-            prompts = items
-        elif _is_token_ids(items):
-            prompts = [items]
-        elif all(_is_token_ids(item) for item in items):
-            prompts = items
-        else:
-            raise ValueError(f"must be {_PROMPT_SHAPES} (token ids 0..{MAX_INT32}, none empty)")
+        prompts = texts_or_token_ids(value, empty_texts=True)
         if len(prompts) > MAX_PROMPTS:
             raise ValueError(f"must hold at most {MAX_PROMPTS} prompts")
         return prompts
@@ -230,15 +205,7 @@ async def create_completion(body: CompletionRequest, request: Request):
     body.log_ignored_fields()
     access = await resolve_access(request, body.model, ModelKind.CHAT, body.user)
     completion = _Completion(f"cmpl-{uuid.uuid4().hex}", access.model.name)
-    request_id_var.set(completion.id)
-    tracker = await track(
-        request,
-        ENDPOINT,
-        serving=access.serving,
-        user_id=access.user_id,
-        request_id=completion.id,
-        model=access.model.name,
-    )
+    tracker = await track_access(request, ENDPOINT, access, completion.id)
     try:
         sampling = body.to_sampling_params()
         if access.serving is not None:

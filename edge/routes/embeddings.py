@@ -3,37 +3,22 @@
 from __future__ import annotations
 
 import base64
-import logging
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Request
 from pydantic import Field, field_validator
 
 from edge.auth import resolve_access
-from edge.protocol import MAX_INT32, RequestBody
+from edge.protocol import MAX_INT32, RequestBody, texts_or_token_ids
 from edge.state import EdgeState
-from edge.tracking import track
+from edge.tracking import track_access
 from services.common.records import ModelKind
 
-logger = logging.getLogger(__name__)
 router = APIRouter()
 ENDPOINT = "/v1/embeddings"
 
 # OpenAI's own limit on inputs per request.
 MAX_INPUTS = 2048
-
-
-_INPUT_SHAPES = "a string, a list of strings, token ids or a list of token-id lists"
-
-
-def _is_token_ids(value) -> bool:
-    return (
-        isinstance(value, list)
-        and bool(value)
-        and all(
-            isinstance(t, int) and not isinstance(t, bool) and 0 <= t <= MAX_INT32 for t in value
-        )
-    )
 
 
 class EmbeddingRequest(RequestBody):
@@ -47,19 +32,9 @@ class EmbeddingRequest(RequestBody):
     @field_validator("input", mode="before")
     @classmethod
     def _parse_input(cls, value):
-        # Checked by hand: a pydantic union would report errors under each member's name.
-        items = [value] if isinstance(value, str) else value
-        if not isinstance(items, list) or not items:
-            raise ValueError(f"must be {_INPUT_SHAPES}, not empty")
-        if len(items) > MAX_INPUTS:
+        if isinstance(value, list) and len(value) > MAX_INPUTS:
             raise ValueError(f"must hold at most {MAX_INPUTS} items")
-        if all(isinstance(item, str) and item for item in items):
-            return items
-        if _is_token_ids(items):
-            return [items]
-        if all(_is_token_ids(item) for item in items):
-            return items
-        raise ValueError(f"must be {_INPUT_SHAPES}, with no empty item and ids in 0..{MAX_INT32}")
+        return texts_or_token_ids(value, empty_texts=False)
 
 
 def _encode(vector, encoding_format: str):
@@ -72,16 +47,9 @@ def _encode(vector, encoding_format: str):
 @router.post(ENDPOINT)
 async def create_embedding(body: EmbeddingRequest, request: Request) -> dict:
     state: EdgeState = request.app.state.edge
-    if body.ignored_fields:
-        logger.info("ignoring unsupported request fields: %s", ", ".join(body.ignored_fields))
+    body.log_ignored_fields()
     access = await resolve_access(request, body.model, ModelKind.EMBEDDING, body.user)
-    tracker = await track(
-        request,
-        ENDPOINT,
-        serving=access.serving,
-        user_id=access.user_id,
-        model=access.model.name,
-    )
+    tracker = await track_access(request, ENDPOINT, access)
     async with tracker.settling():
         result = await state.embedding.embed(
             access.model.name,
