@@ -75,7 +75,7 @@ def test_device_slots_hold_and_move_entries_exactly_as_host_slots(dtype):
         kv.copy(1, 0, 6)
     for slot, tokens in ((0, 6), (1, 10), (2, 7), (3, 8)):
         assert host.lengths[slot] == device.lengths[slot] == tokens
-        pairs = zip(device.entries(slot, tokens), host.entries(slot, tokens), strict=True)
+        pairs = zip(device.entries(slot, 0, tokens), host.entries(slot, 0, tokens), strict=True)
         assert all(np.array_equal(ours, theirs) for ours, theirs in pairs)
     # A slot's address is its row of each buffer: IO binding reads from there.
     assert device.address(1, 2) - device.address(1, 0) == 2 * 2 * 32 * 4 * np.dtype(dtype).itemsize
@@ -86,7 +86,7 @@ def test_device_slots_hold_and_move_entries_exactly_as_host_slots(dtype):
     device.copy(3, 2, 1)
     device.restore_first_entries([1, 2], kept)
     for slot in (1, 2):
-        pairs = zip(device.entries(slot, 7), host.entries(slot, 7), strict=True)
+        pairs = zip(device.entries(slot, 0, 7), host.entries(slot, 0, 7), strict=True)
         assert all(np.array_equal(ours, theirs) for ours, theirs in pairs)
     device.close()
     assert not memory._buffers

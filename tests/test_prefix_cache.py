@@ -14,10 +14,23 @@ from services.generation.sampler import ResolvedSampling
 BLOCK = 4
 
 
-def kv(tokens: int, fill: float = 1.0) -> list[np.ndarray]:
-    """Two fake cache arrays [kv_heads=2, tokens, head_dim=3] whose values name positions."""
-    positions = np.arange(tokens, dtype=np.float32)[None, :, None]
-    return [np.broadcast_to(positions * fill, (2, tokens, 3)).copy() for _ in range(2)]
+class FakeSlot:
+    """Two fake cache arrays [kv_heads=2, tokens, head_dim=3] whose values name positions;
+    records the positions the cache reads."""
+
+    def __init__(self, tokens: int, fill: float = 1.0):
+        positions = np.arange(tokens, dtype=np.float32)[None, :, None]
+        self.arrays = [np.broadcast_to(positions * fill, (2, tokens, 3)).copy() for _ in range(2)]
+        self.reads: list[tuple[int, int]] = []
+
+    def read(self, start: int, end: int) -> list[np.ndarray]:
+        self.reads.append((start, end))
+        return [a[:, start:end].copy() for a in self.arrays]
+
+
+def kv(tokens: int, fill: float = 1.0):
+    """What PrefixCache.insert reads a slot's entries through."""
+    return FakeSlot(tokens, fill).read
 
 
 def first_array(hit) -> np.ndarray:
@@ -51,18 +64,21 @@ def test_lookup_returns_the_longest_whole_block_prefix_and_leaves_two_tokens_to_
 
 def test_insert_keeps_the_whole_blocks_of_the_prompt_only():
     cache = PrefixCache(capacity_bytes=10**6, block_tokens=BLOCK)
-    slot = kv(10)  # a slot's entries, longer than the prompt
-    cache.insert([1, 2, 3, 4, 5, 6], slot)
-    assert cache.nbytes == sum(a[:, :4].nbytes for a in slot)
+    slot = FakeSlot(10)  # longer than the prompt
+    cache.insert([1, 2, 3, 4, 5, 6], slot.read)
+    assert slot.reads == [(0, 4)]
+    assert cache.nbytes == sum(a[:, :4].nbytes for a in slot.arrays)
     hit = cache.lookup([1, 2, 3, 4, 5, 6])
     assert np.array_equal(first_array(hit)[0, :, 0], [0, 1, 2, 3])
 
 
 def test_a_block_shared_by_prompts_is_stored_once():
     cache = PrefixCache(capacity_bytes=10**6, block_tokens=BLOCK)
-    block_bytes = sum(a.nbytes for a in kv(BLOCK))
+    block_bytes = sum(a.nbytes for a in FakeSlot(BLOCK).arrays)
     cache.insert([1, 2, 3, 4, 5, 6, 7, 8], kv(8))
-    cache.insert([1, 2, 3, 4, 9, 9, 9, 9], kv(8, fill=2.0))
+    second = FakeSlot(8, fill=2.0)
+    cache.insert([1, 2, 3, 4, 9, 9, 9, 9], second.read)
+    assert second.reads == [(4, 8)]  # only the block not cached yet is read
     assert cache.nbytes == 3 * block_bytes
     # The second prompt's first block is the first prompt's (its entries, not the new ones).
     hit = cache.lookup([1, 2, 3, 4, 9, 9, 9, 9, 0, 0])
@@ -71,7 +87,7 @@ def test_a_block_shared_by_prompts_is_stored_once():
 
 
 def test_capacity_evicts_the_least_recently_used():
-    one_prompt = sum(a.nbytes for a in kv(4))
+    one_prompt = sum(a.nbytes for a in FakeSlot(4).arrays)
     cache = PrefixCache(capacity_bytes=2 * one_prompt, block_tokens=BLOCK)
     first, second, third = ([n] * 4 for n in (1, 2, 3))
     cache.insert(first, kv(4))

@@ -39,17 +39,16 @@ class DeviceKvSlots(KvSlots):
     def address(self, array: int, slot: int, position: int = 0) -> int:
         return self._bases[array] + slot * self._slot_bytes + position * self._entry_bytes
 
-    def entries(self, slot: int, tokens: int) -> list[np.ndarray]:
-        """Host copies of the slot's first `tokens` entries per array."""
+    def entries(self, slot: int, start: int, end: int) -> list[np.ndarray]:
         out = []
         for array in range(self.num_arrays):
-            host = np.empty((self.kv_heads, tokens, self.head_dim), self.dtype)
+            host = np.empty((self.kv_heads, end - start, self.head_dim), self.dtype)
             self._copy_rows(
                 host.ctypes.data,
-                tokens * self._entry_bytes,
-                self.address(array, slot),
+                (end - start) * self._entry_bytes,
+                self.address(array, slot, start),
                 self._row_bytes,
-                tokens,
+                end - start,
             )
             out.append(host)
         return out

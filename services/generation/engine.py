@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -394,7 +395,7 @@ class GenerationEngine:
         for sequence in request.sequences[1:]:
             self.kv.copy(request.slot, sequence.slot, size)
         if self.prefix_cache is not None:
-            self.prefix_cache.insert(request.prompt_ids, self.kv.entries(request.slot, size))
+            self.prefix_cache.insert(request.prompt_ids, partial(self.kv.entries, request.slot))
             self.metrics.prefix_cache_bytes(self.prefix_cache.nbytes)
         # Join the batch before the first token is reported, so observers see them running.
         self._decoding.extend(request.sequences)

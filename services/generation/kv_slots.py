@@ -67,9 +67,10 @@ class KvSlots:
         """Where the slot's row of a cache array starts, for IO binding."""
         return self.arrays[array][slot].ctypes.data
 
-    def entries(self, slot: int, tokens: int) -> list[np.ndarray]:
-        """The slot's first `tokens` entries per array, [kv_heads, tokens, head_dim] (views)."""
-        return [a[slot, :, :tokens] for a in self.arrays]
+    def entries(self, slot: int, start: int, end: int) -> list[np.ndarray]:
+        """A copy of the slot's entries at positions [start, end) per array, [kv_heads,
+        end - start, head_dim]."""
+        return [a[slot, :, start:end].copy() for a in self.arrays]
 
     def load(self, slot: int, blocks: list[list[np.ndarray]]) -> None:
         """Writes blocks of entries (a cached prefix; per block, per array [kv_heads, tokens,

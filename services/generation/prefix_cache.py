@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,15 +73,16 @@ class PrefixCache:
         self.saved_tokens += tokens
         return PrefixHit(tokens, [self._blocks[key] for key in keys])
 
-    def insert(self, prompt_ids: list[int], cache: list[np.ndarray]) -> None:
-        """Keeps the prompt's full blocks from `cache` ([kv_heads, >= tokens, head_dim] per
-        array), copying those not cached yet."""
+    def insert(self, prompt_ids: list[int], read: Callable[[int, int], list[np.ndarray]]) -> None:
+        """Keeps the prompt's full blocks, reading only those not cached yet: `read(start,
+        end)` gives a copy of the prompt's entries at those positions ([kv_heads, end - start,
+        head_dim] per array)."""
         keys = block_keys(prompt_ids, self.block_tokens)
         for index, key in enumerate(keys):
             if key in self._blocks:
                 continue
             start = index * self.block_tokens
-            block = [a[:, start : start + self.block_tokens].copy() for a in cache]
+            block = read(start, start + self.block_tokens)
             size = sum(a.nbytes for a in block)
             if size > self.capacity_bytes:
                 return
