@@ -167,19 +167,38 @@ def tiny_gpt2_checkpoint(tmp_path_factory, chat_model) -> Path:
     )
 
 
-@pytest.fixture(scope="session")
-def loaded_chat_model(chat_model):
-    """Tokenizer, template and an engine over the real ONNX model, without gRPC."""
+def _loaded(chat_model, kv_cache: str, weights: str):
     from services.common.onnx_runtime import select_providers
     from services.generation.model_pool import ModelPool
 
     async def lookup(name):
         return chat_model
 
-    pool = ModelPool(lookup, select_providers("cpu"), 0, 8, 2048)
-    loaded = asyncio.run(pool.get(chat_model.name))
-    yield loaded
+    pool = ModelPool(
+        lookup, select_providers("cpu"), 0, 8, 2048, weights=weights, kv_cache=kv_cache
+    )
+    yield asyncio.run(pool.get(chat_model.name))
     pool.close()
+
+
+@pytest.fixture(scope="session")
+def loaded_chat_model(chat_model):
+    """Tokenizer, template and an engine over the real ONNX model, without gRPC."""
+    yield from _loaded(chat_model, "float", "fp32")
+
+
+@pytest.fixture(scope="session")
+def loaded_chat_model_int8(chat_model):
+    """The same as `make run` serves it with GENERATION_KV_CACHE=int8: int4 weights, an int8
+    KV cache."""
+    yield from _loaded(chat_model, "int8", "int4")
+
+
+@pytest.fixture(params=["float", "int8"])
+def loaded_with_each_cache(request):
+    """loaded_chat_model, then loaded_chat_model_int8: for what must hold for either cache."""
+    suffix = "_int8" if request.param == "int8" else ""
+    return request.getfixturevalue(f"loaded_chat_model{suffix}")
 
 
 @pytest.fixture(scope="session")

@@ -121,15 +121,17 @@ async def test_streamed_multibyte_output_is_whole_characters(loaded_chat_model):
     assert text == loaded_chat_model.tokenizer.decode(tokens).rstrip("\ufffd")
 
 
-async def test_batched_greedy_equals_single_sequence(loaded_chat_model):
+async def test_batched_greedy_equals_single_sequence(loaded_with_each_cache):
     prompts = [
-        prompt(loaded_chat_model, "What is the capital of France?"),
-        prompt(loaded_chat_model, "Write a haiku about autumn leaves falling in a quiet park."),
-        prompt(loaded_chat_model, "List the planets."),
+        prompt(loaded_with_each_cache, "What is the capital of France?"),
+        prompt(
+            loaded_with_each_cache, "Write a haiku about autumn leaves falling in a quiet park."
+        ),
+        prompt(loaded_with_each_cache, "List the planets."),
     ]
     budgets = [10, 24, 16]
     singles = [
-        (await run(loaded_chat_model, p, temperature=0.0, max_tokens=b))[1]
+        (await run(loaded_with_each_cache, p, temperature=0.0, max_tokens=b))[1]
         for p, b in zip(prompts, budgets, strict=True)
     ]
 
@@ -137,17 +139,19 @@ async def test_batched_greedy_equals_single_sequence(loaded_chat_model):
         # Later sequences join a batch that is already decoding; shorter ones leave early.
         await asyncio.sleep(0.15 * index)
         return (
-            await run(loaded_chat_model, prompts[index], temperature=0.0, max_tokens=budgets[index])
+            await run(
+                loaded_with_each_cache, prompts[index], temperature=0.0, max_tokens=budgets[index]
+            )
         )[1]
 
     batched = await asyncio.gather(*(staggered(i) for i in range(3)))
     assert batched == singles
     # The worker drops a finished sequence just after delivering its last event.
     for _ in range(100):
-        if loaded_chat_model.engine.running == 0:
+        if loaded_with_each_cache.engine.running == 0:
             break
         await asyncio.sleep(0.01)
-    assert loaded_chat_model.engine.running == 0
+    assert loaded_with_each_cache.engine.running == 0
 
 
 async def test_abandoned_streams_leave_the_batch(loaded_chat_model):
@@ -172,11 +176,13 @@ async def test_abandoned_streams_leave_the_batch(loaded_chat_model):
 
 
 async def test_kv_slots_are_all_free_after_100_aborted_streams_and_reused_exactly(
-    loaded_chat_model,
+    loaded_with_each_cache,
 ):
-    engine = loaded_chat_model.engine
-    ids = prompt(loaded_chat_model, "Write a haiku about autumn leaves falling in a quiet park.")
-    _, reference, _ = await run(loaded_chat_model, ids, temperature=0.0, max_tokens=20)
+    engine = loaded_with_each_cache.engine
+    ids = prompt(
+        loaded_with_each_cache, "Write a haiku about autumn leaves falling in a quiet park."
+    )
+    _, reference, _ = await run(loaded_with_each_cache, ids, temperature=0.0, max_tokens=20)
     params = ResolvedSampling.resolve(SamplingParams(temperature=0.0, max_tokens=300), 4096)
 
     async def abort_after_first_event(stream):
@@ -194,7 +200,7 @@ async def test_kv_slots_are_all_free_after_100_aborted_streams_and_reused_exactl
     assert engine.kv.free == engine.kv.slots and engine.waiting == 0
     assert not engine.kv.lengths.any()
     # Slots that held aborted sequences give the same tokens as before.
-    assert (await run(loaded_chat_model, ids, temperature=0.0, max_tokens=20))[1] == reference
+    assert (await run(loaded_with_each_cache, ids, temperature=0.0, max_tokens=20))[1] == reference
 
 
 async def test_more_completions_than_slots_is_invalid_argument(loaded_chat_model):

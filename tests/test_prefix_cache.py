@@ -107,11 +107,14 @@ SYSTEM = (
 )
 
 
-@pytest.fixture(scope="module")
-def engines(loaded_chat_model):
-    """Engines over the same ONNX session: one with a prefix cache, one without."""
-    model, tokenizer = loaded_chat_model.engine.model, loaded_chat_model.tokenizer
-    context = loaded_chat_model.context_length
+@pytest.fixture(scope="module", params=["float", "int8"])
+def engines(request):
+    """Engines over the same ONNX session (a float KV cache, then an int8 one): one with a
+    prefix cache, one without."""
+    suffix = "_int8" if request.param == "int8" else ""
+    loaded = request.getfixturevalue(f"loaded_chat_model{suffix}")
+    model, tokenizer = loaded.engine.model, loaded.tokenizer
+    context = loaded.context_length
     cached = GenerationEngine(model, tokenizer, context, prefix_cache=PrefixCache(2**28, 16))
     cold = GenerationEngine(model, tokenizer, context)
     yield cached, cold
@@ -159,11 +162,13 @@ async def test_a_prompt_longer_than_one_prefill_chunk_also_reuses_its_prefix(
     loaded_chat_model, engines
 ):
     _, cold = engines
-    model, tokenizer = loaded_chat_model.engine.model, loaded_chat_model.tokenizer
-    context = loaded_chat_model.context_length
     # Every prompt here is longer than a chunk, so each takes the chunked path.
     chunked = GenerationEngine(
-        model, tokenizer, context, max_prefill_tokens=48, prefix_cache=PrefixCache(2**28, 16)
+        cold.model,
+        cold.tokenizer,
+        cold.context_length,
+        max_prefill_tokens=48,
+        prefix_cache=PrefixCache(2**28, 16),
     )
     try:
         questions = ("Who designed the bridge?", "What are the streets paved with?")

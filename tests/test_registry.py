@@ -117,6 +117,12 @@ def test_chat_model_files_by_graph_and_weights():
     assert chat_model_file(GraphKind.OPTIMUM, "int4", "cuda") == "model.int4.onnx"
     with pytest.raises(ValueError, match="int4"):
         chat_model_file(GraphKind.GQA, "fp32", "cuda")
+    # int8 KV caches: builder graphs for the CPU only.
+    assert chat_model_file(GraphKind.GQA, "int4", kv_cache="int8") == "gqa-int4/model.kv-int8.onnx"
+    assert chat_model_file(GraphKind.GQA, "fp32", kv_cache="int8") == "gqa-fp32/model.kv-int8.onnx"
+    for graph, device in ((GraphKind.GQA, "cuda"), (GraphKind.OPTIMUM, "cpu")):
+        with pytest.raises(ValueError, match="int8"):
+            chat_model_file(graph, "int4", device, "int8")
 
 
 def test_serving_for_unknown_model_is_not_found(registry_database):

@@ -12,6 +12,11 @@ from services.common.domain import SamplingParams
 
 # Weight variants of an exported chat model; chat_model_file() says where each one lives.
 CHAT_WEIGHTS = ("fp32", "int4")
+# KV caches a chat model's graph may keep: "float" (its activations' type) or "int8" (builder
+# graphs for the CPU: services/registry/kv_calibration.py).
+KV_CACHES = ("float", "int8")
+# A CPU builder graph with an int8 KV cache, beside the float one and sharing its weights.
+INT8_KV_GRAPH = "model.kv-int8.onnx"
 
 
 class ModelKind(enum.IntEnum):
@@ -45,15 +50,23 @@ _CHAT_MODEL_FILES = {
 }
 
 
-def chat_model_file(graph: GraphKind, weights: str, device: str = "cpu") -> str:
+def chat_model_file(
+    graph: GraphKind, weights: str, device: str = "cpu", kv_cache: str = "float"
+) -> str:
     """Path of a chat model's graph with `weights` ("fp32" or "int4") for `device` ("cpu" or
-    "cuda"), relative to its artifact directory. On CUDA, builder graphs have int4 weights
-    only; optimum's run their CPU graphs."""
+    "cuda") and a `kv_cache` of KV_CACHES, relative to its artifact directory. On CUDA,
+    builder graphs have int4 weights only; optimum's run their CPU graphs. Only builder graphs
+    for the CPU have an int8 KV cache."""
     if device == "cuda" and graph is GraphKind.GQA:
         if weights != "int4":
             raise ValueError("on CUDA, builder graphs run int4 weights (with fp16 activations)")
         weights = "int4-cuda"
-    return _CHAT_MODEL_FILES[graph][weights]
+    path = _CHAT_MODEL_FILES[graph][weights]
+    if kv_cache == "int8":
+        if graph is not GraphKind.GQA or device != "cpu":
+            raise ValueError("only builder graphs for the CPU have an int8 KV cache")
+        return path.replace("model.onnx", INT8_KV_GRAPH)
+    return path
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ async def serve(settings: GenerationSettings) -> None:
         prefix_cache_bytes=settings.prefix_cache_mb * 2**20,
         kv_context=settings.kv_context,
         spinning=settings.spin_threads,
+        kv_cache=settings.kv_cache,
     )
     if settings.metrics_port:
         prometheus_client.start_http_server(settings.metrics_port, addr=settings.host)

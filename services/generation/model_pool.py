@@ -8,10 +8,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from services.common.domain import ChatMessage, SamplingParams
 from services.common.errors import ContextLengthExceeded, InvalidArgument
 from services.common.lazy_models import LazyModels
-from services.common.records import ModelKind, ModelRecord, chat_model_file
+from services.common.records import GraphKind, ModelKind, ModelRecord, chat_model_file
 from services.generation.chat_template import ChatTemplate
 from services.generation.constrained import GrammarCompiler
 from services.generation.engine import GenerationEngine
@@ -143,6 +145,7 @@ class ModelPool:
         prefix_cache_bytes: int = 0,
         kv_context: int = 8192,
         spinning: bool = False,
+        kv_cache: str = "float",
     ):
         self._lookup = lookup
         self._providers = providers
@@ -154,6 +157,7 @@ class ModelPool:
         self._max_waiting = max_waiting
         self._metrics_enabled = metrics_enabled
         self._weights = weights
+        self._kv_cache = kv_cache
         self._prefix_cache_bytes = prefix_cache_bytes
         self._models = LazyModels(self._load)
 
@@ -176,7 +180,7 @@ class ModelPool:
         tokenizer = TextTokenizer(artifact_dir)
         on_cuda = self._providers[0] == "CUDAExecutionProvider"
         device = "cuda" if on_cuda else "cpu"
-        model_path = artifact_dir / chat_model_file(record.graph, self._weights, device)
+        model_path = artifact_dir / self._graph_file(record, device)
         model = OnnxCausalLM(model_path, self._providers, self._intra_op_threads, self._spinning)
         engine = GenerationEngine(
             model,
@@ -190,7 +194,13 @@ class ModelPool:
                 PrefixCache(self._prefix_cache_bytes) if self._prefix_cache_bytes else None
             ),
         )
-        logger.info("loaded %s (%s) on %s", record.name, model_path.name, model.provider)
+        logger.info(
+            "loaded %s (%s, %s KV cache) on %s",
+            record.name,
+            model_path.relative_to(artifact_dir),
+            np.dtype(model.kv_dtype).name,
+            model.provider,
+        )
         grammars = GrammarCompiler(
             artifact_dir / "tokenizer.json", model.vocab_size, tokenizer.eos_token_ids
         )
@@ -202,6 +212,28 @@ class ModelPool:
             engine,
             grammars,
         )
+
+    def _graph_file(self, record: ModelRecord, device: str) -> str:
+        """The graph for this replica's weights and KV cache: an int8 cache where the model has
+        one (builder graphs for the CPU, exported since it existed), else the float one."""
+        float_cache = chat_model_file(record.graph, self._weights, device)
+        if self._kv_cache != "int8":
+            return float_cache
+        if record.graph is not GraphKind.GQA or device != "cpu":
+            logger.warning(
+                "%s: no int8 KV cache for %s graphs on %s; float",
+                record.name,
+                record.graph.name,
+                device,
+            )
+            return float_cache
+        int8_cache = chat_model_file(record.graph, self._weights, device, "int8")
+        if not (Path(record.artifact_dir) / int8_cache).exists():
+            logger.warning(
+                "%s: exported before int8 KV caches (import it again); float", record.name
+            )
+            return float_cache
+        return int8_cache
 
     def close(self) -> None:
         for model in self._models.loaded.values():

@@ -18,6 +18,11 @@ class GenerationSettings(ServiceSettings):
     # Weight variant of chat models: int4 (MatMulNBits) or fp32; see docs/benchmarks. On
     # CUDA, int4 only: builder graphs then run their CUDA graph (fp16 activations and KV).
     weights: Literal["fp32", "int4"] = "int4"
+    # KV cache of builder graphs on the CPU: int8 (per-channel scales calibrated at export)
+    # holds a quarter of float's memory and decodes long contexts and big batches faster, but
+    # prefills about half as fast; float keeps the graph's own type. Optimum graphs and CUDA
+    # graphs keep a float cache either way. See docs/benchmarks/README.md.
+    kv_cache: Literal["float", "int8"] = "float"
     # ONNX Runtime intra-op threads; 0 lets ONNX Runtime use every core.
     intra_op_threads: int = 0
     # Let ONNX Runtime's threads spin between operators: decode steps 1.2-1.7x faster where
@@ -26,7 +31,7 @@ class GenerationSettings(ServiceSettings):
     spin_threads: bool = False
     # KV slots per model: the sequences decoded together. Each holds up to kv_context tokens
     # (or the model's context, if shorter); their memory is the bound, known at load:
-    # slots x context x (layers x 2 x kv_heads x head_dim x 4 bytes; 2 on CUDA).
+    # slots x context x (layers x 2 x kv_heads x head_dim x 4 bytes; 2 on CUDA, 1 for int8).
     kv_slots: int = 16
     kv_context: int = 8192
     # Prompt tokens prefilled per step, beside one decode token for each running sequence:

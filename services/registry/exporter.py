@@ -25,12 +25,18 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from services.common.records import GraphKind, ModelKind, SourceFormat, chat_model_file
+from services.common.records import (
+    INT8_KV_GRAPH,
+    GraphKind,
+    ModelKind,
+    SourceFormat,
+    chat_model_file,
+)
 
 PROGRESS_PREFIX = "@@progress "
 # Bump when the export recipe changes: it is part of the cache key.
 EXPORT_RECIPE = (
-    "ort-genai-0.11.4/gqa-int4+fp32+int4-cuda|optimum-onnx-0.1.0/fp32+int4/last-logits/5"
+    "ort-genai-0.11.4/gqa-int4+fp32+int4-cuda+kv-int8|optimum-onnx-0.1.0/fp32+int4/last-logits/6"
 )
 # What each gqa-*/ folder keeps of the builder's output.
 GQA_GRAPH_FILES = ("model.onnx", "model.onnx.data", "genai_config.json")
@@ -122,13 +128,29 @@ def _slice_logits(graph_file: Path) -> None:
     save_with_data(last_position_logits(onnx.load(graph_file)), graph_file)
 
 
+def _write_int8_kv_cache(graph_file: Path, calibration: list[int]) -> None:
+    """The same graph with an int8 KV cache, beside it and sharing its weights file."""
+    import onnx
+
+    from services.registry.graph import quantize_kv_cache, save
+    from services.registry.kv_calibration import kv_scales
+
+    scales = kv_scales(graph_file, calibration)
+    model = onnx.load(str(graph_file), load_external_data=False)
+    save(quantize_kv_cache(model, scales), graph_file.with_name(INT8_KV_GRAPH))
+
+
 def _export_gqa(checkpoint: Path, onnx_dir: Path, scratch: Path, progress: Progress) -> None:
     """The weight variants with onnxruntime-genai's model builder (its default int4: RTN,
     block size 32, symmetric, accuracy level 4 on the CPU): int4 and fp32 for the CPU, int4
-    with fp16 activations for CUDA; the tokenizer and config beside."""
+    with fp16 activations for CUDA; the CPU graphs also with an int8 KV cache; the tokenizer
+    and config beside."""
     from onnxruntime_genai.models.builder import create_model
     from transformers import AutoConfig, AutoTokenizer
 
+    from services.registry.kv_calibration import calibration_ids
+
+    calibration = calibration_ids(checkpoint)
     for weights, device, fraction in GQA_VARIANTS:
         progress(BUILD_STAGE.format(weights=weights, device=device), fraction)
         graph_dir = onnx_dir / Path(chat_model_file(GraphKind.GQA, weights, device)).parent
@@ -149,6 +171,9 @@ def _export_gqa(checkpoint: Path, onnx_dir: Path, scratch: Path, progress: Progr
             if path.name not in GQA_GRAPH_FILES:
                 path.unlink()
         _slice_logits(graph_dir / "model.onnx")
+        if device == "cpu":
+            progress(f"calibrating an int8 KV cache for the {weights} graph", fraction + 0.1)
+            _write_int8_kv_cache(graph_dir / "model.onnx", calibration)
     # What optimum's export writes at the root, where the services read it.
     progress("saving the tokenizer and config", 0.95)
     AutoTokenizer.from_pretrained(checkpoint).save_pretrained(onnx_dir)

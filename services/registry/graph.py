@@ -1,6 +1,8 @@
-"""Rewrites of exported decoder graphs: logits for the last position only, int4 weights.
+"""Rewrites of exported decoder graphs: logits for the last position only, int4 weights, an
+int8 KV cache.
 
-Both keep the graph's inputs and outputs, so the generation engine runs any of them.
+The first two keep the graph's inputs and outputs; the third changes only the cache's type,
+which the generation engine reads from the graph.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ LOGITS = "logits"
 INT4_BLOCK_SIZE = 32
 # MatMulNBits accuracy level 4 quantizes activations to int8 per block: fastest on CPU.
 INT4_ACCURACY_LEVEL = 4
+# GroupQueryAttention's inputs: k_scale and v_scale follow its 12 others (some optional).
+_GQA_K_SCALE_INPUT = 12
 
 
 def last_position_logits(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -82,3 +86,39 @@ def save_with_data(model: onnx.ModelProto, path: Path) -> None:
         all_tensors_to_one_file=True,
         location=data.name,
     )
+
+
+def quantize_kv_cache(model: onnx.ModelProto, scales: list[np.ndarray]) -> onnx.ModelProto:
+    """An int8 KV cache for a GroupQueryAttention graph: every layer's past/present key and
+    value become int8, stored and read by ONNX Runtime with fixed per-channel scales.
+
+    `scales` holds, per cache array in graph order (layer 0 key, layer 0 value, layer 1 key,
+    ...), one scale per [kv_head, channel] (see services/registry/kv_calibration.py). The
+    weights stay where they were: only the graph's proto changes.
+    """
+    graph = model.graph
+    attentions = [node for node in graph.node if node.op_type == "GroupQueryAttention"]
+    if 2 * len(attentions) != len(scales):
+        raise ValueError(f"{len(attentions)} attention layers, {len(scales)} scales")
+    for layer, node in enumerate(attentions):
+        names = []
+        for kind, scale in zip(("key", "value"), scales[2 * layer : 2 * layer + 2], strict=True):
+            name = f"kv_cache/{layer}/{kind}_scale"
+            # Broadcast over the cache's [batch, kv_heads, positions, head_dim].
+            shaped = scale.astype(np.float32).reshape(1, scale.shape[0], 1, scale.shape[1])
+            graph.initializer.append(numpy_helper.from_array(shaped, name))
+            names.append(name)
+        inputs = list(node.input) + [""] * (_GQA_K_SCALE_INPUT - len(node.input))
+        node.ClearField("input")
+        node.input.extend(inputs[:_GQA_K_SCALE_INPUT] + names)
+        node.attribute.extend(
+            [
+                helper.make_attribute("k_quant_type", "PER_CHANNEL"),
+                helper.make_attribute("v_quant_type", "PER_CHANNEL"),
+                helper.make_attribute("kv_cache_bit_width", 8),
+            ]
+        )
+    for value in [*graph.input, *graph.output]:
+        if value.name.startswith(("past_key_values.", "present.")):
+            value.type.tensor_type.elem_type = onnx.TensorProto.INT8
+    return model
