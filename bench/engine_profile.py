@@ -5,7 +5,11 @@ way the engine does (services/generation/onnx_model.py): rows of a batch each ho
 tokens of a random prompt, and every step appends one token to each. Prints the median step
 time and each operator's share of kernel time, per (batch, context) case:
 
-  .venv/bin/python -m bench.engine_profile [--weights int4] [--cases 1x128,1x4096,8x128]
+  .venv/bin/python -m bench.engine_profile [--weights int4] [--kv-cache int8]
+                                           [--cases 1x128,1x4096,8x128]
+
+Then the memory bound: the process's resident memory with every entry of MEMORY_SLOTS slots of
+MEMORY_CONTEXT tokens written (llama-server's `-np 8 -c 65536` preallocates as much).
 """
 
 from __future__ import annotations
@@ -21,19 +25,21 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+import psutil
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from services.common.onnx_runtime import select_providers  # noqa: E402
 from services.common.records import ModelKind, chat_model_file  # noqa: E402
-from services.generation.onnx_model import OnnxCausalLM  # noqa: E402
+from services.generation.onnx_model import OnnxCausalLM, session_environment  # noqa: E402
 from services.registry.defaults import DEFAULT_CHAT_MODEL, smollm2_gguf  # noqa: E402
 from services.registry.importer import ModelImporter  # noqa: E402
 from services.registry.settings import RegistrySettings  # noqa: E402
 
 STEPS = 20
 TOP_OPERATORS = 8
+MEMORY_SLOTS, MEMORY_CONTEXT = 8, 8192
 
 
 def fill(model: OnnxCausalLM, rows: int, context: int):
@@ -68,12 +74,15 @@ def operator_shares(profile: Path) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--weights", choices=("int4", "fp32"), default="int4")
+    parser.add_argument("--kv-cache", choices=("float", "int8"), default="float")
     parser.add_argument("--cases", default="1x128,1x1024,1x4096,8x128,8x1024")
     args = parser.parse_args()
     record = ModelImporter(RegistrySettings().cache_dir).import_model(
         DEFAULT_CHAT_MODEL, ModelKind.CHAT, smollm2_gguf(), lambda *_: None
     )
-    path = Path(record.artifact_dir) / chat_model_file(record.graph, args.weights)
+    path = Path(record.artifact_dir) / chat_model_file(
+        record.graph, args.weights, kv_cache=args.kv_cache
+    )
     print(f"{path} ({record.graph.name} graph), {os.cpu_count()} cores")
     for case in args.cases.split(","):
         rows, context = (int(part) for part in case.split("x"))
@@ -84,14 +93,34 @@ def main() -> None:
             options = ort.SessionOptions()
             options.enable_profiling = True
             options.profile_file_prefix = str(Path(scratch) / "profile")
-            model.session = ort.InferenceSession(
-                str(path), options, providers=["CPUExecutionProvider"]
-            )
+            with session_environment(path):
+                model.session = ort.InferenceSession(
+                    str(path), options, providers=["CPUExecutionProvider"]
+                )
             kv.bindings.clear()  # they belong to the session they were made by
             steps(model, kv, rows)
             shares = operator_shares(Path(model.session.end_profiling()))
         top = ", ".join(f"{op} {share:.0%}" for op, share in list(shares.items())[:TOP_OPERATORS])
         print(f"batch {rows}, context {context}: step {median_ms:.1f} ms (median); {top}")
+    print(memory_bound(path))
+
+
+def memory_bound(path: Path) -> str:
+    """This process's RSS after a decode step of a fresh session, then with every KV entry of
+    MEMORY_SLOTS x MEMORY_CONTEXT written."""
+    model = OnnxCausalLM(path, select_providers("cpu"))
+    kv = fill(model, 1, 128)
+    steps(model, kv, 1)
+    before = psutil.Process().memory_info().rss
+    full = model.allocate(MEMORY_SLOTS, MEMORY_CONTEXT)
+    for array in full.arrays:
+        array.fill(1)
+    after = psutil.Process().memory_info().rss
+    kind = np.dtype(model.kv_dtype).name
+    return (
+        f"memory: {MEMORY_SLOTS} slots x {MEMORY_CONTEXT} tokens of {kind} "
+        f"KV = {(after - before) / 2**20:.0f} MiB; process RSS {after / 2**20:.0f} MiB with them"
+    )
 
 
 if __name__ == "__main__":

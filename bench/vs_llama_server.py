@@ -28,6 +28,7 @@ other processes' load it ran under; tables report medians and stack / llama-serv
 
   .venv/bin/python -m bench.vs_llama_server [--quick] [--systems stack,llama]
                                             [--llama-server PATH] [--out PATH]
+                                            [--stack-env NAME=VALUE ...]
 
 llama-server runs as `llama-server -m GGUF --host 127.0.0.1 --port P -c 65536 -np 8 -t 2
 --jinja` (../shared/peers/llama-server.sh builds it); the stack as `make run` starts it
@@ -289,8 +290,8 @@ class StackServer(Server):
 
     name = "stack"
 
-    def __init__(self, workdir: Path):
-        env = isolated_stack_env(workdir, "bench")
+    def __init__(self, workdir: Path, settings: dict[str, str]):
+        env = {**isolated_stack_env(workdir, "bench"), **settings}
         self.base_url = f"http://127.0.0.1:{env['EDGE_PORT']}"
         self.model = DEFAULT_CHAT_MODEL
         self.key_path = Path(env["REGISTRY_DEV_KEY_PATH"])
@@ -696,8 +697,15 @@ def run_info(llama_server: Path) -> RunInfo:
     )
 
 
-def markdown(info: RunInfo, bench: Bench, systems: list[str], png: str) -> str:
+def markdown(
+    info: RunInfo, bench: Bench, systems: list[str], png: str, stack_settings: dict[str, str]
+) -> str:
     flags = " ".join(LLAMA_FLAGS)
+    settings = (
+        "with " + ", ".join(f"`{k}={v}`" for k, v in stack_settings.items()) + ", otherwise"
+        if stack_settings
+        else "with"
+    )
     plan = bench.plan
     return f"""# Our stack vs llama.cpp's llama-server ({DEFAULT_CHAT_MODEL}, same GGUF)
 
@@ -708,8 +716,8 @@ def markdown(info: RunInfo, bench: Bench, systems: list[str], png: str) -> str:
 - machine: {machine()}; load average (1, 5, 15 min) before: {info.load_before}, after:
   {info.load_after}
 - llama-server: `llama-server -m {info.gguf} --host 127.0.0.1 --port P {flags}`
-  ({info.llama_server}); stack: `python -m services.launcher` with default settings (int4
-  weights, the edge -> gRPC -> engine path).
+  ({info.llama_server}); stack: `python -m services.launcher` {settings} default settings
+  (int4 weights, the edge -> gRPC -> engine path).
 - both over their OpenAI API: streaming chat completions, temperature 0, `ignore_eos`;
   systems alternate request by request (the shared-system-prompt rows: conversation by
   conversation). Prompts: {", ".join(map(str, plan.lengths))} tokens
@@ -775,11 +783,13 @@ def prompt_maker() -> PromptMaker:
 
 
 @contextlib.contextmanager
-def started(systems: list[str], llama_server: Path, workdir: Path) -> Iterator[list[Server]]:
+def started(
+    systems: list[str], llama_server: Path, workdir: Path, stack_settings: dict[str, str]
+) -> Iterator[list[Server]]:
     """The systems, each started (llama-server first: it loads in seconds) and stopped after."""
     builders = {
         "llama": lambda: LlamaServer(llama_server, smollm2_gguf(), workdir),
-        "stack": lambda: StackServer(workdir),
+        "stack": lambda: StackServer(workdir, stack_settings),
     }
     with contextlib.ExitStack() as stack:
         servers = []
@@ -797,7 +807,17 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--systems", default="stack,llama", help="comma separated: stack,llama")
     parser.add_argument("--llama-server", type=Path, default=LLAMA_SERVER)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="markdown report")
+    parser.add_argument(
+        "--stack-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for the stack (e.g. GENERATION_KV_CACHE=int8); repeatable",
+    )
     args = parser.parse_args()
+    if not all("=" in setting for setting in args.stack_env):
+        parser.error("--stack-env takes NAME=VALUE")
+    args.stack_settings = dict(setting.split("=", 1) for setting in args.stack_env)
     args.systems = [s for s in SYSTEMS if s in args.systems.split(",")]
     if not args.systems:
         parser.error(f"--systems: choose from {','.join(SYSTEMS)}")
@@ -810,12 +830,14 @@ def main() -> None:
     info = run_info(args.llama_server)
     maker = prompt_maker()
     with tempfile.TemporaryDirectory(prefix="llmserve-vs-llama-") as workdir:
-        with started(args.systems, args.llama_server, Path(workdir)) as servers:
+        with started(
+            args.systems, args.llama_server, Path(workdir), args.stack_settings
+        ) as servers:
             bench = Bench(servers, maker, plan)
             asyncio.run(bench.run())
     info.finish()
     png = args.out.with_suffix(".png")
-    report = markdown(info, bench, args.systems, png.name)
+    report = markdown(info, bench, args.systems, png.name, args.stack_settings)
     print(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(report)

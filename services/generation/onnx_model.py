@@ -11,9 +11,11 @@ On CUDA, builder graphs keep their slots in device memory (DeviceKvSlots), bound
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -43,14 +45,8 @@ class OnnxCausalLM:
         intra_op_threads: int = 0,
         spinning: bool = False,
     ):
-        with _session_environment:
-            flash = os.environ.get(_NO_FLASH_ATTENTION)
-            if _int8_cache(model_path):
-                os.environ[_NO_FLASH_ATTENTION] = "1"
-            try:
-                self.session = open_session(model_path, providers, intra_op_threads, spinning)
-            finally:
-                _restore(_NO_FLASH_ATTENTION, flash)
+        with session_environment(model_path):
+            self.session = open_session(model_path, providers, intra_op_threads, spinning)
         self.provider = self.session.get_providers()[0]
         inputs = self.session.get_inputs()
         past = [i for i in inputs if _PAST_INPUT.fullmatch(i.name)]
@@ -145,6 +141,20 @@ class OnnxCausalLM:
             for row, length in enumerate(past_lengths):
                 array[first + row, :, length : length + steps] = grown[row, :, longest:]
         return logits[:, -1, :]
+
+
+@contextlib.contextmanager
+def session_environment(model_path: Path) -> Iterator[None]:
+    """What ONNX Runtime should read from the environment while it creates a session of this
+    graph (one session at a time: the environment is the process's)."""
+    with _session_environment:
+        flash = os.environ.get(_NO_FLASH_ATTENTION)
+        if _int8_cache(model_path):
+            os.environ[_NO_FLASH_ATTENTION] = "1"
+        try:
+            yield
+        finally:
+            _restore(_NO_FLASH_ATTENTION, flash)
 
 
 def _int8_cache(model_path: Path) -> bool:
