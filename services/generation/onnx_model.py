@@ -19,9 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import onnx
 
 from services.common.onnx_runtime import open_session
+from services.common.records import INT8_KV_GRAPH
 from services.generation.device_kv_slots import DeviceKvSlots
 from services.generation.device_memory import CudaMemory, DeviceMemory
 from services.generation.kv_slots import KvSlots
@@ -149,19 +149,12 @@ def session_environment(model_path: Path) -> Iterator[None]:
     graph (one session at a time: the environment is the process's)."""
     with _session_environment:
         flash = os.environ.get(_NO_FLASH_ATTENTION)
-        if _int8_cache(model_path):
+        if Path(model_path).name == INT8_KV_GRAPH:
             os.environ[_NO_FLASH_ATTENTION] = "1"
         try:
             yield
         finally:
             _restore(_NO_FLASH_ATTENTION, flash)
-
-
-def _int8_cache(model_path: Path) -> bool:
-    """Whether a graph keeps an int8 KV cache (read from its proto alone, not its weights)."""
-    graph = onnx.load(str(model_path), load_external_data=False).graph
-    past = next((i for i in graph.input if _PAST_INPUT.fullmatch(i.name)), None)
-    return past is not None and past.type.tensor_type.elem_type == onnx.TensorProto.INT8
 
 
 def _restore(name: str, value: str | None) -> None:
