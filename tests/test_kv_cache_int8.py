@@ -5,6 +5,7 @@ over it are in test_engine.py and test_prefix_cache.py, run for either cache."""
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +120,8 @@ def test_int8_cache_predicts_the_float_caches_next_tokens(chat_model):
         for kv in ("int8", "float")
     )
     assert ours.kv_dtype == np.int8 and theirs.kv_dtype == np.float32
+    # Flash attention was off only while the int8 session was made.
+    assert "ORT_GQA_DISABLE_FLASH_ATTENTION" not in os.environ
     ids = TextTokenizer(artifact).encode((REPO / "docs" / "deploy.md").read_text())[:200]
     kv_int8, kv_float = ours.allocate(1, len(ids)), theirs.allocate(1, len(ids))
     assert kv_int8.bytes_per_token * 4 == kv_float.bytes_per_token
