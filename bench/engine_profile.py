@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from services.common.onnx_runtime import select_providers  # noqa: E402
-from services.common.records import ModelKind, chat_model_file  # noqa: E402
+from services.common.records import KV_CACHES, ModelKind, chat_model_file  # noqa: E402
 from services.generation.onnx_model import OnnxCausalLM, session_environment  # noqa: E402
 from services.registry.defaults import DEFAULT_CHAT_MODEL, smollm2_gguf  # noqa: E402
 from services.registry.importer import ModelImporter  # noqa: E402
@@ -74,7 +74,7 @@ def operator_shares(profile: Path) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--weights", choices=("int4", "fp32"), default="int4")
-    parser.add_argument("--kv-cache", choices=("float", "int8"), default="float")
+    parser.add_argument("--kv-cache", choices=KV_CACHES, default="float")
     parser.add_argument("--cases", default="1x128,1x1024,1x4096,8x128,8x1024")
     args = parser.parse_args()
     record = ModelImporter(RegistrySettings().cache_dir).import_model(

@@ -13,7 +13,7 @@ import numpy as np
 from services.common.domain import ChatMessage, SamplingParams
 from services.common.errors import ContextLengthExceeded, InvalidArgument
 from services.common.lazy_models import LazyModels
-from services.common.records import GraphKind, ModelKind, ModelRecord, chat_model_file
+from services.common.records import ModelKind, ModelRecord, chat_model_file
 from services.generation.chat_template import ChatTemplate
 from services.generation.constrained import GrammarCompiler
 from services.generation.engine import GenerationEngine
@@ -219,15 +219,11 @@ class ModelPool:
         float_cache = chat_model_file(record.graph, self._weights, device)
         if self._kv_cache != "int8":
             return float_cache
-        if record.graph is not GraphKind.GQA or device != "cpu":
-            logger.warning(
-                "%s: no int8 KV cache for %s graphs on %s; float",
-                record.name,
-                record.graph.name,
-                device,
-            )
+        try:
+            int8_cache = chat_model_file(record.graph, self._weights, device, "int8")
+        except ValueError as none:
+            logger.warning("%s: %s; float", record.name, none)
             return float_cache
-        int8_cache = chat_model_file(record.graph, self._weights, device, "int8")
         if not (Path(record.artifact_dir) / int8_cache).exists():
             logger.warning(
                 "%s: exported before int8 KV caches (import it again); float", record.name

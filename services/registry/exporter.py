@@ -135,8 +135,8 @@ def _write_int8_kv_cache(graph_file: Path, calibration: list[int]) -> None:
     from services.registry.graph import quantize_kv_cache, save
     from services.registry.kv_calibration import kv_scales
 
-    scales = kv_scales(graph_file, calibration)
     model = onnx.load(str(graph_file), load_external_data=False)
+    scales = kv_scales(graph_file, model, calibration)
     save(quantize_kv_cache(model, scales), graph_file.with_name(INT8_KV_GRAPH))
 
 

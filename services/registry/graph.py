@@ -88,22 +88,23 @@ def save_with_data(model: onnx.ModelProto, path: Path) -> None:
     )
 
 
-def quantize_kv_cache(model: onnx.ModelProto, scales: list[np.ndarray]) -> onnx.ModelProto:
+def quantize_kv_cache(model: onnx.ModelProto, scales: dict[str, np.ndarray]) -> onnx.ModelProto:
     """An int8 KV cache for a GroupQueryAttention graph: every layer's past/present key and
     value become int8, stored and read by ONNX Runtime with fixed per-channel scales.
 
-    `scales` holds, per cache array in graph order (layer 0 key, layer 0 value, layer 1 key,
-    ...), one scale per [kv_head, channel] (see services/registry/kv_calibration.py). The
-    weights stay where they were: only the graph's proto changes.
+    `scales` holds, per past input (`past_key_values.<layer>.<key|value>`), one scale per
+    [kv_head, channel] (see services/registry/kv_calibration.py). The weights stay where they
+    were: only the graph's proto changes.
     """
     graph = model.graph
-    attentions = [node for node in graph.node if node.op_type == "GroupQueryAttention"]
-    if 2 * len(attentions) != len(scales):
-        raise ValueError(f"{len(attentions)} attention layers, {len(scales)} scales")
-    for layer, node in enumerate(attentions):
+    for node in graph.node:
+        if node.op_type != "GroupQueryAttention":
+            continue
         names = []
-        for kind, scale in zip(("key", "value"), scales[2 * layer : 2 * layer + 2], strict=True):
-            name = f"kv_cache/{layer}/{kind}_scale"
+        # Inputs 3 and 4: the layer's past key and value.
+        for past in node.input[3:5]:
+            name = f"{past}/scale"
+            scale = scales[past]
             # Broadcast over the cache's [batch, kv_heads, positions, head_dim].
             shaped = scale.astype(np.float32).reshape(1, scale.shape[0], 1, scale.shape[1])
             graph.initializer.append(numpy_helper.from_array(shaped, name))

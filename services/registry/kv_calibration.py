@@ -50,13 +50,12 @@ def calibration_ids(checkpoint: Path, max_tokens: int = MAX_TOKENS) -> list[int]
     return list(ids)[:max_tokens]
 
 
-def kv_scales(graph_file: Path, ids: list[int]) -> list[np.ndarray]:
-    """Per cache array of a float-cache GroupQueryAttention graph (layer 0 key, layer 0 value,
-    ...), the scale of each [kv_head, channel] for an int8 cache."""
-    import onnx
+def kv_scales(graph_file: Path, model, ids: list[int]) -> dict[str, np.ndarray]:
+    """Per past input of a float-cache GroupQueryAttention graph (`model`, the proto of
+    `graph_file`), the scale of each [kv_head, channel] for an int8 cache."""
     import onnxruntime as ort
 
-    attention = _first_attention(onnx.load(str(graph_file), load_external_data=False))
+    attention = _first_attention(model)
     # The rotary tables bound the positions the graph takes (a small model's context).
     ids = ids[: attention.rotary_positions]
     session = ort.InferenceSession(str(graph_file), providers=["CPUExecutionProvider"])
@@ -70,10 +69,12 @@ def kv_scales(graph_file: Path, ids: list[int]) -> list[np.ndarray]:
         feeds[past.name] = np.zeros((1, kv_heads, 0, head_dim), np.float32)
     presents = [p.name.replace("past_key_values", "present") for p in pasts]
     arrays = session.run(presents, feeds)
-    return [
-        channel_scales(array[0, :, : len(ids)], name.endswith(".key"), attention.interleaved)
-        for name, array in zip(presents, arrays, strict=True)
-    ]
+    return {
+        past.name: channel_scales(
+            array[0, :, : len(ids)], past.name.endswith(".key"), attention.interleaved
+        )
+        for past, array in zip(pasts, arrays, strict=True)
+    }
 
 
 @dataclass(frozen=True)
