@@ -8,8 +8,9 @@ time and each operator's share of kernel time, per (batch, context) case:
   .venv/bin/python -m bench.engine_profile [--weights int4] [--kv-cache int8]
                                            [--cases 1x128,1x4096,8x128]
 
-Then the memory bound: the process's resident memory with every entry of MEMORY_SLOTS slots of
-MEMORY_CONTEXT tokens written (llama-server's `-np 8 -c 65536` preallocates as much).
+Then the time to prefill a PREFILL_TOKENS-token prompt in the engine's chunks, and the memory
+bound: the process's resident memory with every entry of MEMORY_SLOTS slots of MEMORY_CONTEXT
+tokens written (llama-server's `-np 8 -c 65536` preallocates as much).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ from services.registry.settings import RegistrySettings  # noqa: E402
 STEPS = 20
 TOP_OPERATORS = 8
 MEMORY_SLOTS, MEMORY_CONTEXT = 8, 8192
+# The engine's default chunk (GENERATION_MAX_PREFILL_TOKENS).
+PREFILL_TOKENS, PREFILL_CHUNK = 4096, 512
 
 
 def fill(model: OnnxCausalLM, rows: int, context: int):
@@ -102,7 +105,19 @@ def main() -> None:
             shares = operator_shares(Path(model.session.end_profiling()))
         top = ", ".join(f"{op} {share:.0%}" for op, share in list(shares.items())[:TOP_OPERATORS])
         print(f"batch {rows}, context {context}: step {median_ms:.1f} ms (median); {top}")
+    print(prefill_time(path))
     print(memory_bound(path))
+
+
+def prefill_time(path: Path) -> str:
+    model = OnnxCausalLM(path, select_providers("cpu"))
+    kv = model.allocate(1, PREFILL_TOKENS)
+    ids = np.random.default_rng(0).integers(100, 40000, (1, PREFILL_TOKENS))
+    started = time.perf_counter()
+    for start in range(0, PREFILL_TOKENS, PREFILL_CHUNK):
+        model.forward(kv, 0, ids[:, start : start + PREFILL_CHUNK], np.array([start]))
+    seconds = time.perf_counter() - started
+    return f"prefill: {PREFILL_TOKENS} tokens in {PREFILL_CHUNK}-token chunks in {seconds:.1f} s"
 
 
 def memory_bound(path: Path) -> str:

@@ -16,6 +16,7 @@ import pytest
 from services.common.errors import InvalidArgument
 from services.common.records import (
     INT8_KV_GRAPH,
+    INT8_KV_PREFILL_GRAPH,
     GraphKind,
     ModelKind,
     SourceFormat,
@@ -66,8 +67,9 @@ def test_default_chat_model_exports_the_gqa_graphs_for_cpu_and_cuda(chat_model):
     ):
         graph_file = artifact / chat_model_file(GraphKind.GQA, weights, device)
         assert graph_file == artifact / folder / "model.onnx"
-        # The CPU graphs also come with an int8 KV cache (test_kv_cache_int8.py).
-        int8_cache = (INT8_KV_GRAPH,) if device == "cpu" else ()
+        # The CPU graphs also come with an int8 KV cache and its prefill graph
+        # (test_kv_cache_int8.py).
+        int8_cache = (INT8_KV_GRAPH, INT8_KV_PREFILL_GRAPH) if device == "cpu" else ()
         assert sorted(p.name for p in graph_file.parent.iterdir()) == sorted(
             GQA_GRAPH_FILES + int8_cache
         )

@@ -15,7 +15,12 @@ from onnx import helper, numpy_helper
 
 from services.common.domain import ChatMessage, SamplingParams
 from services.common.onnx_runtime import select_providers
-from services.common.records import chat_model_file
+from services.common.records import (
+    INT8_KV_GRAPH,
+    INT8_KV_PREFILL_GRAPH,
+    GraphKind,
+    chat_model_file,
+)
 from services.generation.model_pool import ModelPool
 from services.generation.onnx_model import OnnxCausalLM
 from services.generation.sampler import ResolvedSampling
@@ -100,6 +105,22 @@ def test_the_export_writes_an_int8_cache_graph_beside_each_cpu_graph(chat_model)
                 scale = numpy_helper.to_array(initializers[name])
                 assert scale.shape == (1, attributes["kv_num_heads"], 1, scale.shape[-1])
                 assert (scale > 0).all() and np.isfinite(scale).all()
+        # Its prefill graph reads the same int8 cache and returns a chunk's int8 entries.
+        prefill = onnx.load(path.with_name(INT8_KV_PREFILL_GRAPH), load_external_data=False)
+        pasts = [v for v in prefill.graph.input if v.name.startswith("past_key_values.")]
+        outputs = {v.name: v.type.tensor_type.elem_type for v in prefill.graph.output}
+        assert len(pasts) == len(caches) // 2
+        assert {v.type.tensor_type.elem_type for v in pasts} == {onnx.TensorProto.INT8}
+        assert outputs == {
+            "logits": onnx.TensorProto.FLOAT,
+            **{v.name.replace("past_key_values", "entries"): onnx.TensorProto.INT8 for v in pasts},
+        }
+        assert {
+            entry.value
+            for tensor in prefill.graph.initializer
+            for entry in tensor.external_data
+            if entry.key == "location"
+        } == {"model.onnx.data"}
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -138,6 +159,62 @@ def test_int8_cache_predicts_the_float_caches_next_tokens(chat_model):
     assert np.mean(divergence) < 0.03
 
 
+def int8_model(artifact: Path) -> OnnxCausalLM:
+    return OnnxCausalLM(
+        artifact / chat_model_file(GraphKind.GQA, "int4", kv_cache="int8"), ["CPUExecutionProvider"]
+    )
+
+
+def prefill(model: OnnxCausalLM, kv, slot: int, ids: list[int], chunk: int) -> np.ndarray:
+    """Prefills `ids` into the slot `chunk` tokens at a time; the last position's logits."""
+    for start in range(0, len(ids), chunk):
+        part = np.array([ids[start : start + chunk]])
+        logits = model.forward(kv, slot, part, np.array([start]))
+    return logits[0]
+
+
+def test_int8_prefill_does_not_depend_on_where_chunks_fall(chat_model):
+    """The prefill graph attends over exactly what the cache holds, the chunk's own entries
+    included: one chunk or many give the same cache and logits, bit for bit."""
+    model = int8_model(Path(chat_model.artifact_dir))
+    assert model.prefill_session is not None
+    ids = TextTokenizer(Path(chat_model.artifact_dir)).encode(
+        (REPO / "docs" / "deploy.md").read_text()
+    )[:300]
+    kv = model.allocate(3, 512)
+    whole, chunked, uneven = (
+        prefill(model, kv, slot, ids, chunk) for slot, chunk in ((0, 300), (1, 64), (2, 97))
+    )
+    assert np.array_equal(whole, chunked) and np.array_equal(whole, uneven)
+    for array in kv.arrays:
+        assert array[:, :, 300:].any() == False  # noqa: E712 - nothing past the prompt
+        assert np.array_equal(array[0, :, :300], array[1, :, :300])
+        assert np.array_equal(array[0, :, :300], array[2, :, :300])
+
+
+def test_int8_prefill_writes_what_the_int8_graph_would(chat_model):
+    """The prefill graph writes the int8 graph's entries: the first layer's (no attention
+    before them) bit for bit, the same rotation, scales and rounding; deeper ones drift apart
+    as attention sums round differently (both stay ~1 step from the float cache's entries:
+    measured mean 1.1 steps apart at worst), and the next token is the same."""
+    artifact = Path(chat_model.artifact_dir)
+    fast = int8_model(artifact)
+    direct = int8_model(artifact)
+    direct.prefill_session = None  # as an artifact without the prefill graph runs
+    ids = TextTokenizer(artifact).encode((REPO / "docs" / "deploy.md").read_text())[:300]
+    kv_fast, kv_direct = fast.allocate(1, 512), direct.allocate(1, 512)
+    logits_fast = prefill(fast, kv_fast, 0, ids, 128)
+    logits_direct = prefill(direct, kv_direct, 0, ids, 128)
+    assert logits_fast.argmax() == logits_direct.argmax()
+    first_layer = slice(0, 2)
+    first = zip(kv_fast.arrays[first_layer], kv_direct.arrays[first_layer], strict=True)
+    for ours, theirs in first:
+        assert np.array_equal(ours[0, :, :300], theirs[0, :, :300])
+    for ours, theirs in zip(kv_fast.arrays, kv_direct.arrays, strict=True):
+        steps = np.abs(ours[0, :, :300].astype(np.int16) - theirs[0, :, :300])
+        assert steps.mean() < 2
+
+
 async def test_an_engine_on_the_int8_cache_answers(loaded_chat_model_int8):
     loaded = loaded_chat_model_int8
     ids = loaded.render_prompt([ChatMessage("user", "What is the capital of France?")])[1]
@@ -146,14 +223,15 @@ async def test_an_engine_on_the_int8_cache_answers(loaded_chat_model_int8):
     assert "Paris" in text
 
 
-def without_int8_cache_graphs(source: Path, artifact: Path) -> Path:
-    """A copy of an artifact (links to its files) as an earlier version exported it."""
+def without(source: Path, artifact: Path, graphs: tuple[str, ...]) -> Path:
+    """A copy of an artifact (links to its files) as an earlier version exported it, without
+    these graphs."""
     artifact.mkdir()
     for item in source.iterdir():
         if item.is_dir():
             (artifact / item.name).mkdir()
             for file in item.iterdir():
-                if file.name != "model.kv-int8.onnx":
+                if file.name not in graphs:
                     (artifact / item.name / file.name).symlink_to(file)
         else:
             (artifact / item.name).symlink_to(item)
@@ -162,7 +240,8 @@ def without_int8_cache_graphs(source: Path, artifact: Path) -> Path:
 
 async def test_a_model_exported_before_int8_caches_loads_with_a_float_one(chat_model, tmp_path):
     """An artifact without the int8 graph still serves, with its float cache."""
-    artifact = without_int8_cache_graphs(Path(chat_model.artifact_dir), tmp_path / "artifact")
+    graphs = (INT8_KV_GRAPH, INT8_KV_PREFILL_GRAPH)
+    artifact = without(Path(chat_model.artifact_dir), tmp_path / "artifact", graphs)
     old = dataclasses.replace(chat_model, artifact_dir=str(artifact))
 
     async def lookup(name):
@@ -174,3 +253,16 @@ async def test_a_model_exported_before_int8_caches_loads_with_a_float_one(chat_m
         assert loaded.engine.model.kv_dtype == np.float32
     finally:
         pool.close()
+
+
+def test_a_model_exported_before_the_int8_prefill_graph_prefills_with_the_int8_one(
+    chat_model, tmp_path
+):
+    artifact = without(
+        Path(chat_model.artifact_dir), tmp_path / "artifact", (INT8_KV_PREFILL_GRAPH,)
+    )
+    model = int8_model(artifact)
+    assert model.kv_dtype == np.int8 and model.prefill_session is None
+    kv = model.allocate(1, 64)
+    logits = prefill(model, kv, 0, list(range(100, 140)), 16)
+    assert np.isfinite(logits).all() and kv.arrays[0][0, :, :40].any()

@@ -26,12 +26,18 @@ def select_providers(device: str) -> list[str]:
 
 
 def open_session(
-    model_path: Path, providers: list[str], intra_op_threads: int = 0, spinning: bool = False
+    model_path: Path,
+    providers: list[str],
+    intra_op_threads: int = 0,
+    spinning: bool = False,
+    memory_arena: bool = True,
 ) -> ort.InferenceSession:
     """`spinning`: worker threads spin between a run's operators instead of sleeping, which
     makes a decode step much faster but steals the cores other processes on the machine need;
-    for a process with cores of its own."""
+    for a process with cores of its own. `memory_arena`: keep freed CPU buffers for reuse (an
+    arena never returns them: off for graphs whose buffers keep growing, run after run)."""
     options = ort.SessionOptions()
+    options.enable_cpu_mem_arena = memory_arena
     options.intra_op_num_threads = intra_op_threads
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     spin = "1" if spinning else "0"

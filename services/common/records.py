@@ -15,8 +15,12 @@ CHAT_WEIGHTS = ("fp32", "int4")
 # KV caches a chat model's graph may keep: "float" (its activations' type) or "int8" (builder
 # graphs for the CPU: services/registry/kv_calibration.py).
 KV_CACHES = ("float", "int8")
-# A CPU builder graph with an int8 KV cache, beside the float one and sharing its weights.
+# A CPU builder graph with an int8 KV cache, beside the float one and sharing its weights,
+# and the graph that prefills that cache (services/registry/graph.py: int8_kv_prefill).
 INT8_KV_GRAPH = "model.kv-int8.onnx"
+INT8_KV_PREFILL_GRAPH = "model.kv-int8-prefill.onnx"
+# Its outputs: a chunk's int8 entries per past input, `<INT8_KV_ENTRIES>.<layer>.<key|value>`.
+INT8_KV_ENTRIES = "entries"
 
 
 class ModelKind(enum.IntEnum):

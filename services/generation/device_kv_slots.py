@@ -53,21 +53,17 @@ class DeviceKvSlots(KvSlots):
             out.append(host)
         return out
 
-    def load(self, slot: int, blocks: list[list[np.ndarray]]) -> None:
-        start = 0
-        for block in blocks:
-            tokens = block[0].shape[1]
-            for array, entries in enumerate(block):
-                host = np.ascontiguousarray(entries, self.dtype)
-                self._copy_rows(
-                    self.address(array, slot, start),
-                    self._row_bytes,
-                    host.ctypes.data,
-                    tokens * self._entry_bytes,
-                    tokens,
-                )
-            start += tokens
-        self.lengths[slot] = start
+    def write(self, slot: int, start: int, entries: list[np.ndarray]) -> None:
+        tokens = entries[0].shape[1]
+        for array, part in enumerate(entries):
+            host = np.ascontiguousarray(part, self.dtype)
+            self._copy_rows(
+                self.address(array, slot, start),
+                self._row_bytes,
+                host.ctypes.data,
+                tokens * self._entry_bytes,
+                tokens,
+            )
 
     def first_entries(self, slots: list[int]) -> list[np.ndarray]:
         if not slots:

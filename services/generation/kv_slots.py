@@ -72,15 +72,20 @@ class KvSlots:
         end - start, head_dim]."""
         return [a[slot, :, start:end].copy() for a in self.arrays]
 
+    def write(self, slot: int, start: int, entries: list[np.ndarray]) -> None:
+        """Writes entries (per array [kv_heads, tokens, head_dim]) at the slot's positions
+        from `start`; the slot's length is the caller's to set."""
+        end = start + entries[0].shape[1]
+        for array, part in zip(self.arrays, entries, strict=True):
+            array[slot, :, start:end] = part
+
     def load(self, slot: int, blocks: list[list[np.ndarray]]) -> None:
         """Writes blocks of entries (a cached prefix; per block, per array [kv_heads, tokens,
         head_dim]) one after another from the slot's start."""
         start = 0
         for block in blocks:
-            end = start + block[0].shape[1]
-            for array, entries in zip(self.arrays, block, strict=True):
-                array[slot, :, start:end] = entries
-            start = end
+            self.write(slot, start, block)
+            start += block[0].shape[1]
         self.lengths[slot] = start
 
     def first_entries(self, slots: list[int]) -> list[np.ndarray]:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from services.common.records import (
     INT8_KV_GRAPH,
+    INT8_KV_PREFILL_GRAPH,
     GraphKind,
     ModelKind,
     SourceFormat,
@@ -36,7 +37,8 @@ from services.common.records import (
 PROGRESS_PREFIX = "@@progress "
 # Bump when the export recipe changes: it is part of the cache key.
 EXPORT_RECIPE = (
-    "ort-genai-0.11.4/gqa-int4+fp32+int4-cuda+kv-int8|optimum-onnx-0.1.0/fp32+int4/last-logits/6"
+    "ort-genai-0.11.4/gqa-int4+fp32+int4-cuda+kv-int8+kv-int8-prefill"
+    "|optimum-onnx-0.1.0/fp32+int4/last-logits/7"
 )
 # What each gqa-*/ folder keeps of the builder's output.
 GQA_GRAPH_FILES = ("model.onnx", "model.onnx.data", "genai_config.json")
@@ -129,14 +131,18 @@ def _slice_logits(graph_file: Path) -> None:
 
 
 def _write_int8_kv_cache(graph_file: Path, calibration: list[int]) -> None:
-    """The same graph with an int8 KV cache, beside it and sharing its weights file."""
+    """The same graph with an int8 KV cache, and the graph that prefills it, beside it and
+    sharing its weights file."""
     import onnx
 
-    from services.registry.graph import quantize_kv_cache, save
+    from services.registry.graph import int8_kv_prefill, quantize_kv_cache, save
     from services.registry.kv_calibration import kv_scales
 
     model = onnx.load(str(graph_file), load_external_data=False)
     scales = kv_scales(graph_file, model, calibration)
+    prefill = onnx.ModelProto()
+    prefill.CopyFrom(model)
+    save(int8_kv_prefill(prefill, scales), graph_file.with_name(INT8_KV_PREFILL_GRAPH))
     save(quantize_kv_cache(model, scales), graph_file.with_name(INT8_KV_GRAPH))
 
 

@@ -1,8 +1,9 @@
 """Rewrites of exported decoder graphs: logits for the last position only, int4 weights, an
-int8 KV cache.
+int8 KV cache and the graph that prefills it.
 
 The first two keep the graph's inputs and outputs; the third changes only the cache's type,
-which the generation engine reads from the graph.
+which the generation engine reads from the graph; the fourth returns a chunk's new cache
+entries instead of writing them in place.
 """
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from services.common.records import INT8_KV_ENTRIES
+
 LOGITS = "logits"
 INT4_BLOCK_SIZE = 32
 # MatMulNBits accuracy level 4 quantizes activations to int8 per block: fastest on CPU.
 INT4_ACCURACY_LEVEL = 4
 # GroupQueryAttention's inputs: k_scale and v_scale follow its 12 others (some optional).
 _GQA_K_SCALE_INPUT = 12
+_GQA_COS_CACHE_INPUT = 7
 
 
 def last_position_logits(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -123,3 +127,151 @@ def quantize_kv_cache(model: onnx.ModelProto, scales: dict[str, np.ndarray]) -> 
         if value.name.startswith(("past_key_values.", "present.")):
             value.type.tensor_type.elem_type = onnx.TensorProto.INT8
     return model
+
+
+def int8_kv_prefill(model: onnx.ModelProto, scales: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """The prefill graph of an int8 KV cache, from the float-cache graph and its scales.
+
+    ONNX Runtime's attention over a quantized cache is ~2x slower than over a float one for
+    multi-token chunks. This graph attends in float over exactly what the int8 cache holds:
+    the past (past_key_values.*, int8 [1, kv_heads, max_len, head_dim], the slot's row) is
+    dequantized up to its length, and the chunk's own rotated keys and values are quantized
+    and dequantized with the same scales before attention. So the result does not depend on
+    where chunks fall, and the chunk's int8 entries come back as outputs
+    `entries.<layer>.<key|value>` [1, tokens, kv_heads * head_dim] for the engine to write
+    into the slot. One row per run: positions follow from the mask's width.
+    """
+    graph = model.graph
+    head_dim = (
+        next(i for i in graph.input if i.name.startswith("past_key_values."))
+        .type.tensor_type.shape.dim[3]
+        .dim_value
+    )
+    rewrite = _GraphWriter(graph)
+    attentions = [node for node in graph.node if node.op_type == "GroupQueryAttention"]
+    total = attentions[0].input[6]
+    # The chunk's positions: [past, total) with past = total - tokens.
+    shape = rewrite.node("Shape", ["input_ids"])
+    tokens = rewrite.node("Gather", [shape, rewrite.const(1)], axis=0)
+    end = rewrite.node("Cast", [total], to=onnx.TensorProto.INT64)
+    past = rewrite.node("Sub", [end, tokens])
+    positions = rewrite.node(
+        "Unsqueeze", [rewrite.node("Range", [past, end, rewrite.const(1)]), rewrite.const([0])]
+    )
+    past_end = rewrite.node("Unsqueeze", [past, rewrite.const([0])])
+    prologue = rewrite.take()
+    nodes, outputs = [], []
+    for node in graph.node:
+        if node.op_type != "GroupQueryAttention":
+            nodes.append(node)
+            continue
+        if node is attentions[0]:
+            nodes += prologue
+        attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        heads, kv_heads = attributes.pop("num_heads"), attributes["kv_num_heads"]
+        query, key, value = node.input[:3]
+        if not key:  # packed [query | key | value]
+            sizes = rewrite.const([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim])
+            query, key, value = rewrite.nodes("Split", [query, sizes], 3, axis=2)
+        if attributes.pop("do_rotary", 0):
+            cos, sin = node.input[_GQA_COS_CACHE_INPUT : _GQA_COS_CACHE_INPUT + 2]
+            width = 2 * next(i for i in graph.initializer if i.name == cos).dims[1]
+            rotary = {"interleaved": attributes.pop("rotary_interleaved", 0)}
+            if width < head_dim:  # partial rotary
+                rotary["rotary_embedding_dim"] = width
+            query, key = (
+                rewrite.node("RotaryEmbedding", [x, positions, cos, sin], num_heads=n, **rotary)
+                for x, n in ((query, heads), (key, kv_heads))
+            )
+        attributes.pop("rotary_interleaved", None)
+        inputs = [query]
+        pasts = []
+        for entries, past_name in ((key, node.input[3]), (value, node.input[4])):
+            scale = scales[past_name].astype(np.float32)
+            per_channel = rewrite.const(scale.reshape(-1))
+            quantized = past_name.replace("past_key_values", INT8_KV_ENTRIES)
+            rewrite.node(
+                "QuantizeLinear",
+                [entries, per_channel, rewrite.const(np.zeros(scale.size, np.int8))],
+                output=quantized,
+                axis=2,
+            )
+            outputs.append(
+                helper.make_tensor_value_info(
+                    quantized, onnx.TensorProto.INT8, [1, "tokens", scale.size]
+                )
+            )
+            inputs.append(_dequantized(rewrite, quantized, per_channel))
+            held = rewrite.node(
+                "Slice", [past_name, rewrite.const([0]), past_end, rewrite.const([2])]
+            )
+            per_head = rewrite.const(scale.reshape(1, kv_heads, 1, -1))
+            pasts.append(_dequantized(rewrite, held, per_head))
+        # No cos/sin caches: the rotation is done above.
+        inputs += pasts + list(node.input[5:7]) + ["", ""] + list(node.input[9:12])
+        nodes += rewrite.take()
+        nodes.append(
+            helper.make_node(
+                "GroupQueryAttention",
+                inputs,
+                [node.output[0], f"{node.name}/present_key", f"{node.name}/present_value"],
+                name=node.name,
+                domain="com.microsoft",
+                num_heads=heads,
+                **attributes,
+            )
+        )
+    graph.ClearField("node")
+    graph.node.extend(nodes)
+    for value_info in graph.input:
+        if value_info.name.startswith("past_key_values."):
+            value_info.type.tensor_type.elem_type = onnx.TensorProto.INT8
+    kept = [o for o in graph.output if not o.name.startswith("present.")]
+    graph.ClearField("output")
+    graph.output.extend(kept + outputs)
+    return model
+
+
+def _dequantized(rewrite: _GraphWriter, quantized: str, scale: str) -> str:
+    """int8 entries x their scale, in float (what ONNX Runtime reads an int8 cache as)."""
+    as_float = rewrite.node("Cast", [quantized], to=onnx.TensorProto.FLOAT)
+    return rewrite.node("Mul", [as_float, scale])
+
+
+class _GraphWriter:
+    """New nodes and constants for a graph, uniquely named, held until taken."""
+
+    def __init__(self, graph: onnx.GraphProto):
+        self.graph = graph
+        self.count = 0
+        self.pending: list[onnx.NodeProto] = []
+
+    def _name(self, op: str) -> str:
+        self.count += 1
+        return f"int8_prefill/{op}_{self.count}"
+
+    def const(self, value) -> str:
+        name = self._name("const")
+        self.graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def nodes(self, op: str, inputs: list[str], outputs: int, **attributes) -> list[str]:
+        name = self._name(op)
+        names = [f"{name}/output_{i}" for i in range(outputs)]
+        domain = "com.microsoft" if op == "RotaryEmbedding" else ""
+        self.pending.append(
+            helper.make_node(op, inputs, names, name=name, domain=domain, **attributes)
+        )
+        return names
+
+    def node(self, op: str, inputs: list[str], output: str | None = None, **attributes) -> str:
+        if output is None:
+            return self.nodes(op, inputs, 1, **attributes)[0]
+        self.pending.append(
+            helper.make_node(op, inputs, [output], name=self._name(op), **attributes)
+        )
+        return output
+
+    def take(self) -> list[onnx.NodeProto]:
+        taken, self.pending = self.pending, []
+        return taken
