@@ -14,6 +14,7 @@ from services.common.registry_client import RegistryClient
 from services.common.rpc import serve_until_signalled
 from services.common.settings import split_names
 from services.common.tracing import TracingSettings, setup_tracing
+from services.generation.allocator import keep_freed_buffers
 from services.generation.model_pool import ModelPool
 from services.generation.servicer import GenerationServicer
 from services.generation.settings import GenerationSettings
@@ -59,6 +60,7 @@ def main() -> None:
     settings = GenerationSettings()
     setup_logging(settings.log_level, "generation")
     setup_tracing(TracingSettings(), "generation")
+    keep_freed_buffers()
     asyncio.run(serve(settings))
 
 
