@@ -21,8 +21,8 @@ class GenerationSettings(ServiceSettings):
     # KV cache of builder graphs on the CPU: int8 (per-channel scales calibrated at export)
     # holds a quarter of float's memory and decodes long contexts and big batches faster,
     # prefilling as fast (its own prefill graph attends in float), at 93% next-token agreement
-    # with float, which keeps the graph's own type. Optimum graphs and CUDA graphs keep a float
-    # cache either way. See README (Benchmarks).
+    # with float, which keeps the graph's own type and the model's exact answers. Optimum
+    # graphs and CUDA graphs keep a float cache either way. See README (Benchmarks).
     kv_cache: Literal["float", "int8"] = "float"
     # ONNX Runtime intra-op threads; 0 lets ONNX Runtime use every core.
     intra_op_threads: int = 0
