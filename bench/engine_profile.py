@@ -5,7 +5,7 @@ way the engine does (services/generation/onnx_model.py): rows of a batch each ho
 tokens of a random prompt, and every step appends one token to each. Prints the median step
 time and each operator's share of kernel time, per (batch, context) case:
 
-  .venv/bin/python -m bench.engine_profile [--weights int4] [--kv-cache int8]
+  .venv/bin/python -m bench.engine_profile [--weights int4] [--kv-cache float]
                                            [--cases 1x128,1x4096,8x128]
 
 Then the time to prefill a PREFILL_TOKENS-token prompt in the engine's chunks, and the memory
@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO))
 from services.common.onnx_runtime import select_providers  # noqa: E402
 from services.common.records import KV_CACHES, ModelKind, chat_model_file  # noqa: E402
 from services.generation.onnx_model import OnnxCausalLM, session_environment  # noqa: E402
+from services.generation.settings import GenerationSettings  # noqa: E402
 from services.registry.defaults import DEFAULT_CHAT_MODEL, smollm2_gguf  # noqa: E402
 from services.registry.importer import ModelImporter  # noqa: E402
 from services.registry.settings import RegistrySettings  # noqa: E402
@@ -77,7 +78,9 @@ def operator_shares(profile: Path) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--weights", choices=("int4", "fp32"), default="int4")
-    parser.add_argument("--kv-cache", choices=KV_CACHES, default="float")
+    parser.add_argument(
+        "--kv-cache", choices=KV_CACHES, default=GenerationSettings.model_fields["kv_cache"].default
+    )
     parser.add_argument("--cases", default="1x128,1x1024,1x4096,8x128,8x1024")
     args = parser.parse_args()
     record = ModelImporter(RegistrySettings().cache_dir).import_model(

@@ -189,8 +189,7 @@ def loaded_chat_model(chat_model):
 
 @pytest.fixture(scope="session")
 def loaded_chat_model_int8(chat_model):
-    """The same as `make run` serves it with GENERATION_KV_CACHE=int8: int4 weights, an int8
-    KV cache."""
+    """The same as `make run` serves it by default: int4 weights, an int8 KV cache."""
     yield from _loaded(chat_model, "int8", "int4")
 
 

@@ -9,6 +9,7 @@ import re
 from dataclasses import replace
 
 import jsonschema
+import numpy as np
 import pytest
 
 from services.common.domain import ChatMessage, OutputConstraint, SamplingParams
@@ -113,3 +114,52 @@ def test_a_constrained_row_does_not_change_its_unconstrained_neighbours(loaded_c
     (free_texts, _), (constrained_texts, _) = asyncio.run(side_by_side())
     assert free_texts == alone
     jsonschema.validate(json.loads(constrained_texts[0]), PERSON)
+
+
+def _after(loaded, constraint: OutputConstraint, text: str):
+    """A matcher of the constraint that has consumed `text`, and the ids of the ten digits."""
+    matcher = loaded.grammars.compile(constraint).matcher()
+    for token in loaded.tokenizer.encode(text):
+        matcher.consume(token)
+    assert not matcher.done, text
+    digits = [loaded.tokenizer.encode(digit) for digit in "0123456789"]
+    assert all(len(ids) == 1 for ids in digits)
+    return matcher, [ids[0] for ids in digits]
+
+
+def _digits_allowed(loaded, matcher, digits) -> bool:
+    masked = matcher.mask(np.zeros(loaded.engine.model.vocab_size, dtype=np.float32))
+    return bool(np.isfinite(masked[digits]).any())
+
+
+def test_json_numbers_stop_at_sixteen_digits_in_a_row(loaded_chat_model):
+    loaded = loaded_chat_model
+    number = _schema({"type": "object", "properties": {"n": {"type": "number"}}})
+    for run, allowed in [(15, True), (16, False)]:
+        matcher, digits = _after(loaded, number, '{"n": ' + "1" * run)
+        assert _digits_allowed(loaded, matcher, digits) is allowed, run
+    # Each part of a number is its own run: the fraction may have 16 more.
+    matcher, digits = _after(loaded, number, '{"n": ' + "1" * 16 + "." + "2" * 15)
+    assert _digits_allowed(loaded, matcher, digits)
+    # What the cap leaves allowed ends the number: the grammar still completes.
+    matcher, _ = _after(loaded, number, '{"n": ' + "1" * 16)
+    masked = matcher.mask(np.zeros(loaded.engine.model.vocab_size, dtype=np.float32))
+    assert np.isfinite(masked[loaded.tokenizer.encode("}")]).all()
+
+
+def test_the_digit_cap_spares_strings_bounds_that_need_digits_and_other_grammars(
+    loaded_chat_model,
+):
+    loaded = loaded_chat_model
+    text = _schema({"type": "object", "properties": {"id": {"type": "string"}}})
+    matcher, digits = _after(loaded, text, '{"id": "' + "7" * 30)
+    assert _digits_allowed(loaded, matcher, digits)
+    # A quote escaped inside a string does not end it.
+    matcher, digits = _after(loaded, text, '{"id": "a\\"' + "7" * 30)
+    assert _digits_allowed(loaded, matcher, digits)
+    # A minimum of 10^17 needs 18 digits: the schema's own bound wins over the cap.
+    huge = _schema({"type": "integer", "minimum": 10**17})
+    matcher, digits = _after(loaded, huge, "1" * 17)
+    assert _digits_allowed(loaded, matcher, digits)
+    matcher, digits = _after(loaded, OutputConstraint("regex", "[0-9]+"), "5" * 40)
+    assert _digits_allowed(loaded, matcher, digits)

@@ -7,6 +7,10 @@ so callers run it off the event loop and the decode thread. Each sequence gets i
 allows in its logits row; after sampling, `consume` advances it; `done` says the grammar is
 complete (nothing but end-of-sequence may follow).
 
+JSON output (and forced tool calls) caps each run of digits outside strings at 16, as
+llama.cpp's JSON grammars do: an unbounded number is where a small model, forced to stay inside
+the grammar, loops ("population": 1111... until max_tokens).
+
 Why llguidance rather than xgrammar (measured on this CPU, SmolLM2's 49k vocabulary;
 docs/structured-output.md): it needs only numpy (xgrammar's mask API takes torch tensors, and
 its wheel pulls torch-sized dependencies into the generation image, which has neither), it
@@ -34,6 +38,14 @@ logger = logging.getLogger(__name__)
 # Compact JSON with OpenAI's separators: no free whitespace, so a small model cannot loop on it.
 _JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 _CACHE_SIZE = 128
+# Digits in a row outside strings in JSON output (integral, fraction and exponent parts each):
+# llama.cpp's JSON-schema grammars allow 16 as well.
+JSON_DIGIT_RUN_CAP = 16
+
+
+def _json_output(constraint: OutputConstraint) -> bool:
+    """JSON output: a JSON response format, or forced tool calls (JSON arguments)."""
+    return constraint.kind in ("json_object", "json_schema") or constraint.origin == "tool_choice"
 
 
 def _byte_level(node) -> bool:
@@ -96,25 +108,84 @@ def grammar_source(constraint: OutputConstraint) -> str:
     raise InvalidArgument(f"Unknown output constraint `{kind}`.", param=constraint.param)
 
 
+class _TokenDigits:
+    """Each token's bytes and how many ASCII digits it starts with (one table per model)."""
+
+    def __init__(self, tokenizer: llguidance.LLTokenizer, vocab_size: int):
+        self.token_bytes = [tokenizer.decode_bytes([token]) for token in range(vocab_size)]
+        self.leading = np.array(
+            [len(data) - len(data.lstrip(b"0123456789")) for data in self.token_bytes],
+            dtype=np.int32,
+        )
+        self.most = int(self.leading.max(initial=0))
+
+
+class _JsonDigitRuns:
+    """Where a JSON text stands: inside a string or not, and the digits it ends with."""
+
+    def __init__(self, digits: _TokenDigits):
+        self.digits = digits
+        self.in_string = False
+        self.escaped = False
+        self.run = 0
+
+    def forbidden(self) -> np.ndarray | None:
+        """Tokens that would carry the current run of digits past the cap, if any could."""
+        if self.in_string or self.run + self.digits.most <= JSON_DIGIT_RUN_CAP:
+            return None
+        return self.digits.leading > JSON_DIGIT_RUN_CAP - self.run
+
+    def consume(self, token: int) -> None:
+        for byte in self.digits.token_bytes[token]:
+            if self.in_string:
+                if self.escaped:
+                    self.escaped = False
+                elif byte == 0x5C:  # backslash
+                    self.escaped = True
+                elif byte == 0x22:  # quote
+                    self.in_string = False
+            elif byte == 0x22:
+                self.in_string = True
+                self.run = 0
+            elif 0x30 <= byte <= 0x39:
+                self.run += 1
+            else:
+                self.run = 0
+
+
 class Grammar:
     """A checked grammar; hands each sequence its own matcher."""
 
-    def __init__(self, template: llguidance.LLMatcher, vocab_size: int):
+    def __init__(
+        self,
+        template: llguidance.LLMatcher,
+        vocab_size: int,
+        json_digits: _TokenDigits | None = None,
+    ):
         self._template = template
         self._lock = threading.Lock()
         self.vocab_size = vocab_size
+        self._json_digits = json_digits
 
     def matcher(self) -> GrammarMatcher:
         with self._lock:
-            return GrammarMatcher(self._template.deep_copy(), self.vocab_size)
+            matcher = self._template.deep_copy()
+        runs = _JsonDigitRuns(self._json_digits) if self._json_digits is not None else None
+        return GrammarMatcher(matcher, self.vocab_size, runs)
 
 
 class GrammarMatcher:
     """One sequence's position in its grammar; touched only by the decode thread."""
 
-    def __init__(self, matcher: llguidance.LLMatcher, vocab_size: int):
+    def __init__(
+        self,
+        matcher: llguidance.LLMatcher,
+        vocab_size: int,
+        json_digit_runs: _JsonDigitRuns | None = None,
+    ):
         self._matcher = matcher
         self._bitmask = np.full(((vocab_size + 31) // 32,), -1, dtype=np.int32)
+        self._digit_runs = json_digit_runs
 
     def mask(self, logits: np.ndarray) -> np.ndarray:
         """A copy of the logits row with every token the grammar forbids at -inf."""
@@ -126,12 +197,20 @@ class GrammarMatcher:
             # Only a matcher in its error state allows nothing; `done` then ends the sequence.
             logger.warning("grammar allows no token: %s", self._matcher.get_error())
             return logits
+        forbidden = self._digit_runs.forbidden() if self._digit_runs is not None else None
+        if forbidden is not None:
+            capped = allowed & ~forbidden
+            # A schema whose bounds need more digits keeps them.
+            if capped.any():
+                allowed = capped
         return np.where(allowed, logits, np.float32(-np.inf))
 
     def consume(self, token: int) -> None:
         # A token outside the mask leaves the matcher in its error state; `done` then ends
         # the sequence.
         self._matcher.consume_token(token)
+        if self._digit_runs is not None:
+            self._digit_runs.consume(token)
 
     @property
     def done(self) -> bool:
@@ -143,6 +222,7 @@ class GrammarMatcher:
 class _Key:
     kind: str
     spec: str
+    json_output: bool
 
 
 class GrammarCompiler:
@@ -153,14 +233,21 @@ class GrammarCompiler:
         self._vocab_size = vocab_size
         self._eos = sorted(eos_token_ids)
         self._tokenizer: llguidance.LLTokenizer | None = None
+        self._digits: _TokenDigits | None = None
         self._cache: collections.OrderedDict[_Key, Grammar] = collections.OrderedDict()
         self._lock = threading.Lock()
 
     def warm(self) -> None:
-        """Builds llguidance's view of the tokenizer now (0.3-0.7 s here), so the first
-        constrained request does not wait for it."""
+        """Builds llguidance's view of the tokenizer now (0.3-0.7 s here) and the digit
+        table (~40 ms), so the first constrained request does not wait for them."""
         with self._lock:
-            self._llg_tokenizer()
+            self._json_digits()
+
+    def _json_digits(self) -> _TokenDigits:
+        # Built once (caller holds the lock).
+        if self._digits is None:
+            self._digits = _TokenDigits(self._llg_tokenizer(), self._vocab_size)
+        return self._digits
 
     def _llg_tokenizer(self) -> llguidance.LLTokenizer:
         # Built once (caller holds the lock), then shared by every grammar.
@@ -174,13 +261,15 @@ class GrammarCompiler:
 
     def compile(self, constraint: OutputConstraint) -> Grammar:
         """The constraint's grammar; InvalidArgument naming what is unsupported or invalid."""
-        key = _Key(constraint.kind, constraint.spec)
+        json_output = _json_output(constraint)
+        key = _Key(constraint.kind, constraint.spec, json_output)
         with self._lock:
             cached = self._cache.get(key)
             if cached is not None:
                 self._cache.move_to_end(key)
                 return cached
             tokenizer = self._llg_tokenizer()
+            digits = self._json_digits() if json_output else None
         try:
             source = grammar_source(constraint)
             matcher = llguidance.LLMatcher(tokenizer, source, log_level=0)
@@ -196,7 +285,7 @@ class GrammarCompiler:
                 f"The {constraint.description} cannot be enforced: {matcher.get_error()}",
                 param=constraint.param,
             )
-        grammar = Grammar(matcher, self._vocab_size)
+        grammar = Grammar(matcher, self._vocab_size, digits)
         with self._lock:
             self._cache[key] = grammar
             while len(self._cache) > _CACHE_SIZE:

@@ -222,7 +222,7 @@ class ModelPool:
         try:
             int8_cache = chat_model_file(record.graph, self._weights, device, "int8")
         except ValueError as none:
-            logger.warning("%s: %s; float", record.name, none)
+            logger.info("%s: %s; float", record.name, none)
             return float_cache
         if not (Path(record.artifact_dir) / int8_cache).exists():
             logger.warning(
