@@ -5,7 +5,7 @@ way the engine does (services/generation/onnx_model.py): rows of a batch each ho
 tokens of a random prompt, and every step appends one token to each. Prints the median step
 time and each operator's share of kernel time, per (batch, context) case:
 
-  .venv/bin/python -m bench.engine_profile [--weights int4] [--kv-cache float]
+  .venv/bin/python -m bench.engine_profile [--weights int4] [--kv-cache float] [--spin-us 0]
                                            [--cases 1x128,1x4096,8x128]
 
 Then the time to prefill a PREFILL_TOKENS-token prompt in the engine's chunks, and the memory
@@ -81,6 +81,9 @@ def main() -> None:
     parser.add_argument(
         "--kv-cache", choices=KV_CACHES, default=GenerationSettings.model_fields["kv_cache"].default
     )
+    parser.add_argument(
+        "--spin-us", type=int, default=GenerationSettings.model_fields["spin_us"].default
+    )
     parser.add_argument("--cases", default="1x128,1x1024,1x4096,8x128,8x1024")
     args = parser.parse_args()
     record = ModelImporter(RegistrySettings().cache_dir).import_model(
@@ -92,11 +95,11 @@ def main() -> None:
     print(f"{path} ({record.graph.name} graph), {os.cpu_count()} cores")
     for case in args.cases.split(","):
         rows, context = (int(part) for part in case.split("x"))
-        model = OnnxCausalLM(path, select_providers("cpu"))
+        model = OnnxCausalLM(path, select_providers("cpu"), spin_us=args.spin_us)
         kv = fill(model, rows, context)
         median_ms = statistics.median(steps(model, kv, rows)) * 1e3
         with tempfile.TemporaryDirectory() as scratch:
-            options = ort.SessionOptions()
+            options = model.session.get_session_options()  # the same, profiled
             options.enable_profiling = True
             options.profile_file_prefix = str(Path(scratch) / "profile")
             with session_environment(path):
@@ -108,12 +111,12 @@ def main() -> None:
             shares = operator_shares(Path(model.session.end_profiling()))
         top = ", ".join(f"{op} {share:.0%}" for op, share in list(shares.items())[:TOP_OPERATORS])
         print(f"batch {rows}, context {context}: step {median_ms:.1f} ms (median); {top}")
-    print(prefill_time(path))
+    print(prefill_time(path, args.spin_us))
     print(memory_bound(path))
 
 
-def prefill_time(path: Path) -> str:
-    model = OnnxCausalLM(path, select_providers("cpu"))
+def prefill_time(path: Path, spin_us: int) -> str:
+    model = OnnxCausalLM(path, select_providers("cpu"), spin_us=spin_us)
     kv = model.allocate(1, PREFILL_TOKENS)
     ids = np.random.default_rng(0).integers(100, 40000, (1, PREFILL_TOKENS))
     started = time.perf_counter()

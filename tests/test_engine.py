@@ -273,7 +273,10 @@ async def test_a_prompt_prefilled_beside_running_streams_gives_its_own_tokens(lo
 
 def test_spinning_threads_are_a_setting_of_the_session(chat_model):
     path = Path(chat_model.artifact_dir) / chat_model_file(chat_model.graph, "int4")
-    for spinning, expected in ((False, "0"), (True, "1")):
-        model = OnnxCausalLM(path, select_providers("cpu"), spinning=spinning)
+    for spin_us, allowed in ((0, "0"), (1000, "1")):
+        model = OnnxCausalLM(path, select_providers("cpu"), spin_us=spin_us)
         options = model.session.get_session_options()
-        assert options.get_session_config_entry("session.intra_op.allow_spinning") == expected
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == allowed
+        if spin_us:
+            duration = options.get_session_config_entry("session.intra_op.spin_duration_us")
+            assert duration == str(spin_us)

@@ -130,6 +130,13 @@ async def greedy(engine: GenerationEngine, prompt_ids: list[int], n: int = 1) ->
     return tokens
 
 
+async def another_conversation_takes_the_free_slot(loaded, engine: GenerationEngine) -> None:
+    """The slot that held the last prompt now holds another (a different system prompt):
+    only the prefix cache still has the last prompt's start."""
+    other = [ChatMessage("system", "Be terse."), ChatMessage("user", "Hello.")]
+    await greedy(engine, loaded.render_prompt(other)[1])
+
+
 async def test_a_hit_gives_the_tokens_of_a_cold_prefill(loaded_chat_model, engines):
     cached, cold = engines
 
@@ -140,6 +147,7 @@ async def test_a_hit_gives_the_tokens_of_a_cold_prefill(loaded_chat_model, engin
     first, second = ask("Who designed the bridge?"), ask("When did the bridge open?")
     assert await greedy(cached, first) == await greedy(cold, first)
     assert cached.prefix_cache.nbytes > 0
+    await another_conversation_takes_the_free_slot(loaded_chat_model, cached)
     # Second question: its system prompt comes from the cache; n=2 shares the hit.
     saved = cached.prefix_cache.saved_tokens
     assert await greedy(cached, second, n=2) == await greedy(cold, second, n=2)
@@ -180,6 +188,7 @@ async def test_a_prompt_longer_than_one_prefill_chunk_also_reuses_its_prefix(
         ]
         assert all(len(p) > 48 for p in prompts)
         assert await greedy(chunked, prompts[0]) == await greedy(cold, prompts[0])
+        await another_conversation_takes_the_free_slot(loaded_chat_model, chunked)
         assert await greedy(chunked, prompts[1]) == await greedy(cold, prompts[1])
         assert chunked.prefix_cache.saved_tokens >= 64
     finally:

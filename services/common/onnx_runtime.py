@@ -29,18 +29,20 @@ def open_session(
     model_path: Path,
     providers: list[str],
     intra_op_threads: int = 0,
-    spinning: bool = False,
+    spin_us: int = 0,
     memory_arena: bool = True,
 ) -> ort.InferenceSession:
-    """`spinning`: worker threads spin between a run's operators instead of sleeping, which
-    makes a decode step much faster but steals the cores other processes on the machine need;
-    for a process with cores of its own. `memory_arena`: keep freed CPU buffers for reuse (an
-    arena never returns them: off for graphs whose buffers keep growing, run after run)."""
+    """`spin_us`: how long an idle worker thread spins before it sleeps (0: it sleeps at once);
+    spinning wakes it faster for the next operator and holds its core meanwhile.
+    `memory_arena`: keep freed CPU buffers for reuse (an arena never returns them: off for
+    graphs whose buffers keep growing, run after run)."""
     options = ort.SessionOptions()
     options.enable_cpu_mem_arena = memory_arena
     options.intra_op_num_threads = intra_op_threads
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    spin = "1" if spinning else "0"
+    spin = "1" if spin_us > 0 else "0"
     options.add_session_config_entry("session.intra_op.allow_spinning", spin)
     options.add_session_config_entry("session.inter_op.allow_spinning", spin)
+    if spin_us > 0:
+        options.add_session_config_entry("session.intra_op.spin_duration_us", str(spin_us))
     return ort.InferenceSession(str(model_path), options, providers=providers)

@@ -35,7 +35,7 @@ async def serve(settings: GenerationSettings) -> None:
         weights=settings.weights,
         prefix_cache_bytes=settings.prefix_cache_mb * 2**20,
         kv_context=settings.kv_context,
-        spinning=settings.spin_threads,
+        spin_us=settings.spin_us,
         kv_cache=settings.kv_cache,
     )
     if settings.metrics_port:

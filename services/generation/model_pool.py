@@ -144,13 +144,13 @@ class ModelPool:
         weights: str = "fp32",
         prefix_cache_bytes: int = 0,
         kv_context: int = 8192,
-        spinning: bool = False,
+        spin_us: int = 0,
         kv_cache: str = "float",
     ):
         self._lookup = lookup
         self._providers = providers
         self._intra_op_threads = intra_op_threads
-        self._spinning = spinning
+        self._spin_us = spin_us
         self._kv_slots = kv_slots
         self._kv_context = kv_context
         self._max_prefill_tokens = max_prefill_tokens
@@ -181,7 +181,7 @@ class ModelPool:
         on_cuda = self._providers[0] == "CUDAExecutionProvider"
         device = "cuda" if on_cuda else "cpu"
         model_path = artifact_dir / self._graph_file(record, device)
-        model = OnnxCausalLM(model_path, self._providers, self._intra_op_threads, self._spinning)
+        model = OnnxCausalLM(model_path, self._providers, self._intra_op_threads, self._spin_us)
         engine = GenerationEngine(
             model,
             tokenizer,

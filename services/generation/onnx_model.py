@@ -49,12 +49,12 @@ class OnnxCausalLM:
         model_path: Path,
         providers: list[str],
         intra_op_threads: int = 0,
-        spinning: bool = False,
+        spin_us: int = 0,
     ):
         with session_environment(model_path):
-            self.session = open_session(model_path, providers, intra_op_threads, spinning)
+            self.session = open_session(model_path, providers, intra_op_threads, spin_us)
         self.prefill_session = _int8_prefill_session(
-            Path(model_path), providers, intra_op_threads, spinning
+            Path(model_path), providers, intra_op_threads, spin_us
         )
         self.provider = self.session.get_providers()[0]
         inputs = self.session.get_inputs()
@@ -182,7 +182,7 @@ class OnnxCausalLM:
         return logits[:, -1, :]
 
 
-def _int8_prefill_session(model_path: Path, providers, intra_op_threads, spinning):
+def _int8_prefill_session(model_path: Path, providers, intra_op_threads, spin_us):
     """A session of the prefill graph beside an int8-cache graph (None for other graphs, and
     for artifacts exported before it: their prompts prefill through the int8 graph, ~2x
     slower)."""
@@ -194,7 +194,7 @@ def _int8_prefill_session(model_path: Path, providers, intra_op_threads, spinnin
         return None
     # Its buffers grow with the past it dequantizes, chunk after chunk: in an arena, which
     # keeps every size it ever held, they took 400 MiB more after a 7.5k-token prompt.
-    return open_session(path, providers, intra_op_threads, spinning, memory_arena=False)
+    return open_session(path, providers, intra_op_threads, spin_us, memory_arena=False)
 
 
 @contextlib.contextmanager
