@@ -29,8 +29,8 @@ class GenerationSettings(ServiceSettings):
     # Microseconds an idle ONNX Runtime thread spins before it sleeps. A decode step runs ~300
     # operators, and waking a sleeping thread for each one costs more than the small ones
     # take; 1000 keeps the threads awake through a step and gives their cores back between
-    # steps (aggregate tokens/s at 8 streams +18% over 0 in `make run`). 0 never spins (cores
-    # shared with busy neighbours); more for a process with cores of its own.
+    # steps (README, Benchmarks, has what it measured). 0 never spins (cores shared with busy
+    # neighbours); more for a process with cores of its own.
     spin_us: int = Field(default=1000, ge=0)
     # KV slots per model: the sequences decoded together. Each holds up to kv_context tokens
     # (or the model's context, if shorter); their memory is the bound, known at load:
