@@ -179,8 +179,10 @@ def test_interactive_chat_keeps_the_conversation_and_leaves_cleanly(cli_env, ser
     assert f"chatting with {DEFAULT_CHAT_MODEL}" in ended.stderr
 
     # Ctrl-C while an answer streams stops it (its generation is cancelled); Ctrl-C at the
-    # prompt leaves. Greedy, this question's answer runs the whole 400 tokens.
-    long_answer = [*args[:-2], "--max-tokens", "400"]
+    # prompt leaves. Greedy, this question's answer runs the whole 2000 tokens: 15 s or more,
+    # so the interrupt comes while it streams even when this test's process is starved of CPU
+    # for seconds (with 400 tokens a loaded CI machine once read the whole answer first).
+    long_answer = [*args[:-2], "--max-tokens", "2000"]
     process = subprocess.Popen(
         [str(LLMSERVE), *long_answer],
         cwd=tempfile.gettempdir(),
@@ -198,12 +200,11 @@ def test_interactive_chat_keeps_the_conversation_and_leaves_cleanly(cli_env, ser
     process.send_signal(signal.SIGINT)
     _, errors = process.communicate(timeout=30)
     assert process.returncode == 0
-    # What the answer showed tells an answer that ended by itself from a lost interrupt.
     assert b"[answer stopped]" in errors and b"Traceback" not in errors, (answer, errors)
 
     # Newest first.
     stopped, second, first = usage_of(key["id"], 3, cli_env)["data"]
-    assert stopped["status"] == "cancelled" and stopped["completion_tokens"] < 400
+    assert stopped["status"] == "cancelled" and stopped["completion_tokens"] < 2000
     # The second question was sent with the first and its answer.
     assert second["prompt_tokens"] > first["prompt_tokens"] + first["completion_tokens"]
 

@@ -46,9 +46,11 @@ class KvSlots:
         # Lowest free slot first, so that the slots in use stay packed at the start (a decode
         # run spans them all).
         self._free = list(range(slots))
-        # (first slot, count) -> the model's IO binding of those rows, kept with the buffers
-        # they point into.
-        self.bindings: dict[tuple[int, int], object] = {}
+        # (first slot, count, one token per row) -> the model's IO binding of those rows, kept
+        # with the buffers they point into; decode runs write their logits into
+        # `step_logits` (made by the model, which knows its vocabulary).
+        self.bindings: dict[tuple[int, int, bool], object] = {}
+        self.step_logits: np.ndarray | None = None
         # Free slot -> the prompt whose entries it still holds, for a prompt that starts alike.
         self._held: dict[int, np.ndarray] = {}
 

@@ -75,7 +75,9 @@ class OnnxCausalLM:
         self._entry_names = [
             name.replace("past_key_values", INT8_KV_ENTRIES) for name in self._past_names
         ]
-        self.vocab_size = self.session.get_outputs()[0].shape[-1]
+        logits = next(o for o in self.session.get_outputs() if o.name == "logits")
+        self.vocab_size = logits.shape[-1]
+        self._logits_dtype = _ORT_DTYPES[logits.type]
         # Builder graphs take positions from the mask; only optimum's take them explicitly.
         self.shares_kv_buffer = not any(i.name == "position_ids" for i in inputs)
         # On CUDA, a shared-buffer graph keeps its KV slots in device memory; the optimum
@@ -104,25 +106,40 @@ class OnnxCausalLM:
         return self._forward_copying(kv, first, input_ids, past_lengths)
 
     def _forward_in_place(self, kv, first, input_ids, past_lengths) -> np.ndarray:
-        count = input_ids.shape[0]
-        totals = past_lengths + input_ids.shape[1]
+        count, steps = input_ids.shape
+        totals = past_lengths + steps
         # GroupQueryAttention only reads each row's mask sum: its length after this run.
         mask = (np.arange(int(totals.max()))[None, :] < totals[:, None]).astype(np.int64)
-        binding = kv.bindings.get((first, count))
+        key = (first, count, steps == 1)
+        binding = kv.bindings.get(key)
         if binding is None:
-            binding = kv.bindings[first, count] = self._bind_slots(kv, first, count)
+            binding = kv.bindings[key] = self._bind_slots(kv, first, count, steps == 1)
         binding.bind_cpu_input("input_ids", np.ascontiguousarray(input_ids, np.int64))
         binding.bind_cpu_input("attention_mask", mask)
         self.session.run_with_iobinding(binding)
-        logits = binding.get_outputs()[0].numpy()
+        if steps == 1:
+            # Not get_outputs(): it would wrap every bound output, the KV buffers included
+            # (2.6% of a decode step's thread time, py-spy).
+            logits = kv.step_logits[:count]
+        else:
+            logits = binding.get_outputs()[0].numpy()
         return _float32(logits[:, -1, :])
 
-    def _bind_slots(self, kv: KvSlots, first: int, count: int):
+    def _bind_slots(self, kv: KvSlots, first: int, count: int, decode: bool):
         """An IO binding of slots [first, first + count) as past and present (made once per
-        slot range: the buffers never move)."""
+        slot range: the buffers never move). A decode binding writes the logits into rows of
+        kv.step_logits; others let ONNX Runtime allocate them (their length varies)."""
         binding = self.session.io_binding()
-        # Bound first: get_outputs() follows the binding order.
-        binding.bind_output("logits", "cpu")
+        if decode:
+            if kv.step_logits is None:
+                kv.step_logits = np.empty((kv.slots, 1, self.vocab_size), self._logits_dtype)
+            rows = kv.step_logits[:count]
+            binding.bind_output(
+                "logits", "cpu", 0, self._logits_dtype, list(rows.shape), rows.ctypes.data
+            )
+        else:
+            # Bound first: get_outputs() follows the binding order.
+            binding.bind_output("logits", "cpu")
         shape = [count, self.num_kv_heads, kv.max_len, self.head_dim]
         device = kv.device_type
         for index, (past, present) in enumerate(
